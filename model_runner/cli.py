@@ -1,0 +1,157 @@
+"""`python -m model_runner` / `model-runner`: serve one submission over gRPC.
+
+Options follow the conventions of existing deployments; each has an environment variable.
+Bad options exit non-zero with one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .host import DEFAULT_MAX_MESSAGE_LENGTH, HostConfig, ModelHost
+
+__all__ = ["main", "parse_address"]
+
+logger = logging.getLogger("model_runner")
+
+DEFAULT_CODE_DIRECTORY = "/workspace/submission/code"
+DEFAULT_ADDRESS = "[::]:50051"
+
+
+class UsageError(Exception):
+    """A bad option: its message is printed as one line."""
+
+
+def parse_address(address: str) -> tuple[str | None, int, str | None]:
+    """`host:port`, `[v6]:port`, `:port` or `unix:PATH` → (host, port, unix path)."""
+    text = address.strip()
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        path = path[2:] if path.startswith("//") else path
+        if not path:
+            raise UsageError(f"--address {address!r}: unix: needs a socket path, e.g. unix:/tmp/m.sock")
+        return None, 0, path
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(
+            f"--address {address!r} is not HOST:PORT with a port from 0 to 65535 "
+            "(examples: [::]:50051, 127.0.0.1:50051, unix:/tmp/model.sock)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif any(c in host for c in ":[]"):
+        raise UsageError(f"--address {address!r}: write IPv6 hosts in brackets, e.g. [::1]:50051")
+    return (host or None), int(port_text), None
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise UsageError(f"{name} {value!r} is not a whole number of bytes") from None
+    if number <= 0:
+        raise UsageError(f"{name} must be a positive number of bytes, got {number}")
+    return number
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="model-runner",
+        description="Serve a submitted model over gRPC (dynamic_subclass.DynamicSubclassService "
+                    "and grpc.health.v1.Health).",
+    )
+    parser.add_argument("--code-directory", default=env("CODE_DIRECTORY", DEFAULT_CODE_DIRECTORY),
+                        help="the submission's code folder (env CODE_DIRECTORY; default "
+                             "%(default)s)")
+    parser.add_argument("--address", default=env("GRPC_ADDRESS", DEFAULT_ADDRESS),
+                        help="where to listen: HOST:PORT, [IPv6]:PORT or unix:PATH "
+                             "(env GRPC_ADDRESS; default %(default)s)")
+    parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"),
+                        help="DEBUG, INFO, WARNING or ERROR (env LOG_LEVEL; default %(default)s)")
+    parser.add_argument("--max-receive-message-length",
+                        default=env("MAX_RECEIVE_MESSAGE_LENGTH", str(DEFAULT_MAX_MESSAGE_LENGTH)),
+                        help="largest request in bytes; larger ones get RESOURCE_EXHAUSTED "
+                             "(env MAX_RECEIVE_MESSAGE_LENGTH; default %(default)s)")
+    parser.add_argument("--max-send-message-length",
+                        default=env("MAX_SEND_MESSAGE_LENGTH", str(DEFAULT_MAX_MESSAGE_LENGTH)),
+                        help="largest response in bytes; a larger result is MODEL_FAILED "
+                             "(env MAX_SEND_MESSAGE_LENGTH; default %(default)s)")
+    parser.add_argument("--resource-directory", default=env("RESOURCE_DIRECTORY"),
+                        help="accepted for compatibility with existing deployments "
+                             "(env RESOURCE_DIRECTORY)")
+    parser.add_argument("--grace-period", default=env("GRACE_PERIOD", "10"),
+                        help="seconds in-flight calls get to finish after SIGTERM/SIGINT "
+                             "(env GRACE_PERIOD; default %(default)s)")
+    return parser
+
+
+def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
+    """Parse the command line into a HostConfig and a log level; raises UsageError."""
+    options = _parser().parse_args(argv)
+    level = str(options.log_level).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise UsageError(f"--log-level {options.log_level!r} is not one of DEBUG, INFO, "
+                         "WARNING, ERROR")
+    code = Path(options.code_directory)
+    if not code.is_dir():
+        raise UsageError(f"--code-directory {str(code)!r} does not exist or is not a folder; "
+                         "point it at the submission's code")
+    if not any(code.rglob("*.py")):
+        raise UsageError(f"--code-directory {str(code)!r} holds no Python files; "
+                         "point it at the submission's code")
+    host, port, path = parse_address(options.address)
+    try:
+        grace = float(options.grace_period)
+    except ValueError:
+        raise UsageError(f"--grace-period {options.grace_period!r} is not a number of seconds") \
+            from None
+    if grace < 0:
+        raise UsageError(f"--grace-period must be 0 or more seconds, got {grace}")
+    config = HostConfig(
+        code_directory=code,
+        host=host,
+        port=port,
+        path=path,
+        max_receive_message_length=_positive_int("--max-receive-message-length",
+                                                 options.max_receive_message_length),
+        max_send_message_length=_positive_int("--max-send-message-length",
+                                              options.max_send_message_length),
+        grace_period=grace,
+        resource_directory=Path(options.resource_directory) if options.resource_directory
+        else None,
+    )
+    return config, level
+
+
+async def _serve(config: HostConfig) -> None:
+    host = ModelHost(config)
+    try:
+        await host.start()
+    except OSError as exc:
+        where = config.path or f"{config.host or '*'}:{config.port}"
+        raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}; "
+                         "choose another --address") from None
+    await host.serve_until_signalled()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        config, level = build_config(argv)
+        logging.basicConfig(level=level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        asyncio.run(_serve(config))
+    except UsageError as exc:
+        print(f"model-runner: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""`ModelHost`: the gRPC server around one submission, with health and a graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import OVERALL, Health
+from grpclib.server import Server
+
+from .service import DynamicSubclassService
+from .wire.codec import PassthroughCodec
+
+__all__ = ["DEFAULT_MAX_MESSAGE_LENGTH", "HostConfig", "ModelHost"]
+
+logger = logging.getLogger(__name__)
+
+#: What existing model hosts accept (gRPC's usual default is 4 MiB).
+DEFAULT_MAX_MESSAGE_LENGTH = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    code_directory: Path
+    host: str | None = "::"
+    port: int = 50051
+    #: A Unix socket path instead of host/port.
+    path: str | None = None
+    max_receive_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH
+    max_send_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH
+    #: Seconds in-flight calls get to finish after SIGTERM/SIGINT.
+    grace_period: float = 10.0
+    resource_directory: Path | None = None
+
+
+class ModelHost:
+    """Serves `DynamicSubclassService` and `grpc.health.v1.Health` for one submission.
+
+    Health: service "" is SERVING while the host accepts calls; the model service name is SERVING
+    only while a model instance exists (after Setup, until Rest).
+    """
+
+    def __init__(self, config: HostConfig) -> None:
+        self.config = config
+        self._overall = ServiceStatus()
+        self._model_status = ServiceStatus()
+        self._model_status.set(False)
+        self.service = DynamicSubclassService(
+            config.code_directory,
+            model_status=self._model_status,
+            max_receive_message_length=config.max_receive_message_length,
+            max_send_message_length=config.max_send_message_length,
+        )
+        health = Health({self.service: [self._model_status], OVERALL: [self._overall]})
+        self._server = Server([self.service, health], codec=PassthroughCodec())
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        """Bind and start serving; raises OSError when the address cannot be bound."""
+        config = self.config
+        if config.path is not None:
+            await self._server.start(path=config.path)
+        else:
+            await self._server.start(config.host, config.port)
+            sockets = self._server._server.sockets if self._server._server else ()
+            self.port = sockets[0].getsockname()[1] if sockets else config.port
+        self._overall.set(True)
+        logger.info("model host serving %s on %s", config.code_directory,
+                    config.path or f"{config.host}:{self.port}")
+
+    async def drain(self, grace_period: float | None = None) -> None:
+        """Stop taking calls, give in-flight ones up to the grace period, then close."""
+        grace = self.config.grace_period if grace_period is None else grace_period
+        self._overall.set(False)
+        self._model_status.set(False)
+        self.service.draining = True
+        deadline = time.monotonic() + grace
+        while self.service.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.service.in_flight:
+            logger.warning("grace period of %.1fs over with %d calls still running; closing",
+                           grace, self.service.in_flight)
+        self._server.close()
+        await self._server.wait_closed()
+        self.service.runner.close()
+        logger.info("model host stopped")
+
+    async def serve_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then drain."""
+        loop = asyncio.get_running_loop()
+        signalled = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, signalled.set)
+        try:
+            await signalled.wait()
+            logger.info("signal received: draining (grace period %.1fs)", self.config.grace_period)
+            await self.drain()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,99 @@
+"""Run a model's code one call at a time, in arrival order, off the event loop.
+
+Plain functions run on one dedicated thread per model (so models with thread-affine state keep
+working and health checks stay answered); coroutine functions are awaited on the loop. A call
+waiting its turn whose deadline passes is never run. A call whose caller gave up keeps its turn
+until the model's code returns: the model never sees two calls at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+__all__ = ["DeadlinePassed", "SerialRunner"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class DeadlinePassed(Exception):
+    """The caller's deadline passed while the call waited for its turn."""
+
+
+_Job = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+class SerialRunner:
+    def __init__(self, name: str = "model") -> None:
+        self._lock = asyncio.Lock()  # FIFO: waiters acquire in arrival order
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # A daemon thread: a model stuck in a C loop must not keep the process alive after drain.
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+        self._busy_since: float | None = None
+
+    @property
+    def busy_for(self) -> float:
+        """Seconds the model's code has been running for (0 when idle)."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, future, loop = job
+            self._busy_since = time.monotonic()
+            try:
+                result: Any = fn()
+            except BaseException as exc:  # reported to the caller, never kills the thread
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+            finally:
+                self._busy_since = None
+
+    async def run_sync(self, fn: Callable[[], T], *, expires_at: float | None = None) -> T:
+        """Run `fn` on the model thread when its turn comes (`expires_at`: time.monotonic())."""
+        await self._lock.acquire()
+        try:
+            _check(expires_at)
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[T] = loop.create_future()
+            self._jobs.put((fn, future, loop))
+        except BaseException:
+            self._lock.release()
+            raise
+        # The turn ends when the code returns, not when the caller stops waiting.
+        future.add_done_callback(lambda _: self._lock.release())
+        return await asyncio.shield(future)
+
+    async def run_async(
+        self, fn: Callable[[], Awaitable[T]], *, expires_at: float | None = None
+    ) -> T:
+        """Await `fn()` on the loop when its turn comes."""
+        async with self._lock:
+            _check(expires_at)
+            return await fn()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+
+def _check(expires_at: float | None) -> None:
+    if expires_at is not None and time.monotonic() >= expires_at:
+        raise DeadlinePassed("the caller's deadline passed while the call waited for its turn")
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

@@ -1,0 +1,41 @@
+"""The wire layer both halves share: generated messages, status codes, and the Variant codec."""
+
+from .codes import StatusCode
+from .generated.commons import Argument, KwArgument, Status, Variant, VariantType
+from .generated.dynamic_subclass import (
+    CallRequest,
+    CallResponse,
+    DynamicSubclassServiceStub,
+    RestResponse,
+    SetupRequest,
+    SetupResponse,
+)
+from .generated.google.protobuf import Empty
+from .variant import VariantError, decode_value, decode_variant, encode_value, encode_variant_value
+
+__all__ = [
+    "Argument",
+    "CallRequest",
+    "CallResponse",
+    "DynamicSubclassServiceStub",
+    "Empty",
+    "KwArgument",
+    "RestResponse",
+    "SetupRequest",
+    "SetupResponse",
+    "Status",
+    "StatusCode",
+    "Variant",
+    "VariantError",
+    "VariantType",
+    "decode_value",
+    "decode_variant",
+    "encode_value",
+    "encode_variant_value",
+]
+
+#: gRPC paths of the DynamicSubclassService (part of the wire contract).
+SETUP_PATH = "/dynamic_subclass.DynamicSubclassService/Setup"
+CALL_PATH = "/dynamic_subclass.DynamicSubclassService/Call"
+REST_PATH = "/dynamic_subclass.DynamicSubclassService/Rest"
+SERVICE_NAME = "dynamic_subclass.DynamicSubclassService"

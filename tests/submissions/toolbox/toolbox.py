@@ -1,0 +1,85 @@
+"""A test submission whose methods misbehave on request."""
+
+import asyncio
+import os
+import threading
+import time
+
+from starter_challenge.tracker import TrackerBase
+
+LOADED_AT = time.time()
+
+
+class Toolbox(TrackerBase):
+    def __init__(self, *args, **kwargs):
+        self.init_args = list(args)
+        self.init_kwargs = kwargs
+        self.calls = 0
+        self.active = 0
+        self.max_active = 0
+        self.order = []
+        self.lock = threading.Lock()
+        self.not_callable = 42
+
+    def tick(self, data):
+        self.calls += 1
+
+    def predict(self, asset, horizon, step=1):
+        return [1.0] * (horizon // step)
+
+    def echo(self, *args, **kwargs):
+        return {"args": list(args), "kwargs": kwargs}
+
+    def first(self, value):
+        return value
+
+    def only_x(self, x):
+        return x
+
+    def init(self):
+        return {"args": self.init_args, "kwargs": self.init_kwargs}
+
+    def loaded_at(self):
+        return LOADED_AT
+
+    def sleep(self, seconds, tag=None):
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            time.sleep(seconds)
+        finally:
+            with self.lock:
+                self.active -= 1
+                if tag is not None:
+                    self.order.append(tag)
+        return seconds
+
+    async def async_sleep(self, seconds):
+        await asyncio.sleep(seconds)
+        return seconds
+
+    def stats(self):
+        return {"max_active": self.max_active, "order": self.order, "calls": self.calls}
+
+    def fail(self, message="boom"):
+        raise ValueError(message)
+
+    def exit(self):
+        raise SystemExit(3)
+
+    def unencodable(self):
+        return object()
+
+    def big(self, size):
+        return "x" * size
+
+    def kill(self):
+        os._exit(1)
+
+    @property
+    def prop(self):
+        raise AssertionError("a property must never be evaluated by the host")
+
+    def _secret(self):
+        return "secret"
