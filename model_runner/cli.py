@@ -35,7 +35,8 @@ def parse_address(address: str) -> tuple[str | None, int, str | None]:
         path = text[len("unix:"):]
         path = path[2:] if path.startswith("//") else path
         if not path:
-            raise UsageError(f"--address {address!r}: unix: needs a socket path, e.g. unix:/tmp/m.sock")
+            raise UsageError(
+                f"--address {address!r}: unix: needs a socket path, e.g. unix:/tmp/m.sock")
         return None, 0, path
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -137,6 +138,9 @@ async def _serve(config: HostConfig) -> None:
         where = config.path or f"{config.host or '*'}:{config.port}"
         raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}; "
                          "choose another --address") from None
+    # Announced whatever the log level: launchers read the bound port from this line.
+    logger.log(max(logging.INFO, logger.getEffectiveLevel()), "model host serving %s on %s",
+               config.code_directory, host.address)
     await host.serve_until_signalled()
 
 

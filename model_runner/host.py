@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
@@ -67,11 +67,20 @@ class ModelHost:
             await self._server.start(path=config.path)
         else:
             await self._server.start(config.host, config.port)
-            sockets = self._server._server.sockets if self._server._server else ()
+            # grpclib keeps the asyncio server private; its sockets tell the port bound for 0.
+            listener: Any = self._server._server
+            sockets = listener.sockets if listener is not None else ()
             self.port = sockets[0].getsockname()[1] if sockets else config.port
         self._overall.set(True)
-        logger.info("model host serving %s on %s", config.code_directory,
-                    config.path or f"{config.host}:{self.port}")
+
+    @property
+    def address(self) -> str:
+        """Where the host listens: `HOST:PORT` (IPv6 hosts in brackets) or `unix:PATH`."""
+        config = self.config
+        if config.path is not None:
+            return f"unix:{config.path}"
+        host = config.host or "0.0.0.0"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     async def drain(self, grace_period: float | None = None) -> None:
         """Stop taking calls, give in-flight ones up to the grace period, then close."""
@@ -79,10 +88,9 @@ class ModelHost:
         self._overall.set(False)
         self._model_status.set(False)
         self.service.draining = True
-        deadline = time.monotonic() + grace
-        while self.service.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        if self.service.in_flight:
+        try:
+            await asyncio.wait_for(self.service.wait_idle(), grace)
+        except TimeoutError:
             logger.warning("grace period of %.1fs over with %d calls still running; closing",
                            grace, self.service.in_flight)
         self._server.close()

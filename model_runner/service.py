@@ -6,6 +6,7 @@ used for transport-level refusals (oversized or malformed requests, shutting dow
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import struct
@@ -37,6 +38,7 @@ from .wire import (
     Status,
     StatusCode,
     VariantError,
+    VariantType,
     decode_variant,
     encode_variant_value,
 )
@@ -76,10 +78,12 @@ class DynamicSubclassService:
         self._max_send = max_send_message_length
         self._runner = SerialRunner()
         self._instance: Any = None
-        # Per instance: method name -> (accepted keyword names or None for **kwargs, signature).
-        self._signatures: dict[str, tuple[frozenset[str] | None, inspect.Signature | None]] = {}
+        # Per instance: method name -> how to call it (resolved once, cleared by Setup and Rest).
+        self._methods: dict[str, _Method] = {}
         self._dropped_logged: set[tuple[str, frozenset[str]]] = set()
         self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.draining = False
 
     # --- grpclib plumbing ----------------------------------------------------------------------
@@ -111,6 +115,7 @@ class DynamicSubclassService:
             raise GRPCError(GrpcStatus.UNAVAILABLE,
                             "the model host is shutting down; retry on another host")
         self._in_flight += 1
+        self._idle.clear()
         try:
             request = await _recv_bounded(stream, request_type, self._max_receive)
             expires_at = None
@@ -123,6 +128,12 @@ class DynamicSubclassService:
             await stream.send_trailing_metadata()
         finally:
             self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight."""
+        await self._idle.wait()
 
     async def _rpc_setup(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         await self._serve(stream, SetupRequest, self.setup)
@@ -150,12 +161,15 @@ class DynamicSubclassService:
                 lambda: self._create_instance(request.class_name, args, kwargs),
                 expires_at=expires_at)
         except DeadlinePassed:
-            raise GRPCError(GrpcStatus.DEADLINE_EXCEEDED, "deadline passed before Setup ran")
+            raise GRPCError(GrpcStatus.DEADLINE_EXCEEDED,
+                            "deadline passed before Setup ran") from None
         if outcome.code is StatusCode.SUCCESS:
             self._model_status.set(True)
         return SetupResponse(status=_status(outcome.code, outcome.message))
 
-    def _create_instance(self, class_name: str, args: list[Any], kwargs: dict[str, Any]) -> _Outcome:
+    def _create_instance(
+        self, class_name: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> _Outcome:
         # Runs on the model thread, after any earlier Setup: the first one to succeed wins.
         if self._instance is not None:
             return _Outcome(StatusCode.SUCCESS, "already set up; Setup again after Rest to "
@@ -179,7 +193,7 @@ class DynamicSubclassService:
             return _Outcome(StatusCode.SETUP_FAILED,
                             f"{cls.__qualname__}() raised {_describe(exc)}")
         self._instance = instance
-        self._signatures.clear()
+        self._methods.clear()
         self._dropped_logged.clear()
         logger.info("model %s.%s is set up", cls.__module__, cls.__qualname__)
         return _Outcome(StatusCode.SUCCESS)
@@ -190,7 +204,7 @@ class DynamicSubclassService:
         # Deliberately not queued behind calls: a hung method must not make the host unresettable.
         had_instance = self._instance is not None
         self._instance = None
-        self._signatures.clear()
+        self._methods.clear()
         self._dropped_logged.clear()
         self._model_status.set(False)
         dropped = unload_submission(self._code_directory)
@@ -207,7 +221,7 @@ class DynamicSubclassService:
         response = CallResponse(status=_status(outcome.code, outcome.message))
         if outcome.variant is not None:
             type_, value = outcome.variant
-            response.method_response = VariantMessage(type=type_, value=value)
+            response.method_response = VariantMessage(type=VariantType(type_), value=value)
         return bytes(response)
 
     async def _call(self, request: CallRequest, expires_at: float | None) -> _Outcome:
@@ -223,34 +237,40 @@ class DynamicSubclassService:
         if instance is None:
             return _Outcome(StatusCode.FAILED_PRECONDITION,
                             "no model instance: call Setup with the base class first")
-        cls_name = type(instance).__qualname__
-        attribute = inspect.getattr_static(instance, name, _MISSING)
-        if attribute is _MISSING:
-            return _Outcome(StatusCode.BAD_IMPLEMENTATION,
-                            f"{cls_name} has no method {name!r}; implement it as the base class "
-                            "declares")
-        if not _is_method_like(attribute):
-            return _Outcome(StatusCode.BAD_IMPLEMENTATION,
-                            f"{cls_name}.{name} is a {type(attribute).__name__}, not a method")
+        info = self._methods.get(name)
+        if info is None:
+            info = self._methods[name] = _Method.resolve(instance, name)
+        if info.error is not None:
+            return info.error
         method = getattr(instance, name)  # binds a function: runs no user code
         try:
             args, kwargs = _decode_arguments(request.method_arguments,
                                              request.method_kw_arguments)
         except VariantError as exc:
             return _Outcome(StatusCode.INVALID_ARGUMENT, str(exc))
-        kwargs = self._accepted_kwargs(name, method, kwargs)
-        problem = self._check_binding(name, method, args, kwargs)
-        if problem is not None:
-            return _Outcome(StatusCode.INVALID_ARGUMENT, problem)
+        if kwargs and info.accepted is not None:
+            kwargs = self._drop_unaccepted(name, info.accepted, kwargs)
 
-        max_send = self._max_send
+        cls_name, max_send = info.cls_name, self._max_send
+
+        def failed(exc: BaseException) -> _Outcome:
+            # A TypeError may be the caller's: arguments that do not fit the signature.
+            problem = info.binding_problem(args, kwargs) if isinstance(exc, TypeError) else None
+            if problem is not None:
+                return _Outcome(StatusCode.INVALID_ARGUMENT, problem)
+            return _failed(cls_name, name, exc)
+
         try:
-            if inspect.iscoroutinefunction(method):
+            if info.is_async:
                 async def invoke_async() -> _Outcome:
                     try:
                         result = await method(*args, **kwargs)
-                    except Exception as exc:
-                        return _failed(cls_name, name, exc)
+                    except asyncio.CancelledError:
+                        raise  # the caller's deadline: not the model's failure
+                    except BaseException as exc:
+                        if isinstance(exc, KeyboardInterrupt):
+                            raise
+                        return failed(exc)
                     return _encode_result(cls_name, name, result, max_send)
 
                 return await self._runner.run_async(invoke_async, expires_at=expires_at)
@@ -261,7 +281,7 @@ class DynamicSubclassService:
                 except BaseException as exc:
                     if isinstance(exc, KeyboardInterrupt):
                         raise
-                    return _failed(cls_name, name, exc)
+                    return failed(exc)
                 # Encoding runs here too: a large DataFrame must not stall the event loop.
                 return _encode_result(cls_name, name, result, max_send)
 
@@ -270,12 +290,9 @@ class DynamicSubclassService:
             raise GRPCError(GrpcStatus.DEADLINE_EXCEEDED,
                             f"deadline passed while {name} waited for an earlier call") from None
 
-    def _accepted_kwargs(self, name: str, method: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if not kwargs:
-            return kwargs
-        accepted, _ = self._signature(name, method)
-        if accepted is None:
-            return kwargs
+    def _drop_unaccepted(
+        self, name: str, accepted: frozenset[str], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
         dropped = frozenset(kwargs) - accepted
         if not dropped:
             return kwargs
@@ -285,37 +302,55 @@ class DynamicSubclassService:
                            name, ", ".join(sorted(dropped)))
         return {k: v for k, v in kwargs.items() if k in accepted}
 
-    def _check_binding(
-        self, name: str, method: Any, args: list[Any], kwargs: dict[str, Any]
-    ) -> str | None:
-        _, signature = self._signature(name, method)
-        if signature is None:
+
+@dataclass(frozen=True)
+class _Method:
+    """A model method as resolved once: how to call it, or why it cannot be called."""
+
+    cls_name: str
+    name: str
+    error: _Outcome | None = None
+    is_async: bool = False
+    #: Keyword names the method takes; None when it takes **kwargs (or has no signature).
+    accepted: frozenset[str] | None = None
+    signature: inspect.Signature | None = None
+
+    @classmethod
+    def resolve(cls, instance: Any, name: str) -> _Method:
+        cls_name = type(instance).__qualname__
+        # getattr_static runs no user code: a property or __getattr__ is never evaluated.
+        attribute = inspect.getattr_static(instance, name, _MISSING)
+        if attribute is _MISSING:
+            return cls(cls_name, name, _Outcome(
+                StatusCode.BAD_IMPLEMENTATION,
+                f"{cls_name} has no method {name!r}; implement it as the base class declares"))
+        if not _is_method_like(attribute):
+            return cls(cls_name, name, _Outcome(
+                StatusCode.BAD_IMPLEMENTATION,
+                f"{cls_name}.{name} is a {type(attribute).__name__}, not a method"))
+        method = getattr(instance, name)
+        try:
+            signature: inspect.Signature | None = inspect.signature(method)
+        except (TypeError, ValueError):
+            signature = None  # builtins and C callables: the call itself decides
+        accepted = None
+        if signature is not None:
+            params = signature.parameters.values()
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+                accepted = frozenset(
+                    p.name for p in params
+                    if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                  inspect.Parameter.KEYWORD_ONLY))
+        return cls(cls_name, name, None, inspect.iscoroutinefunction(method), accepted, signature)
+
+    def binding_problem(self, args: list[Any], kwargs: dict[str, Any]) -> str | None:
+        if self.signature is None:
             return None
         try:
-            signature.bind(*args, **kwargs)
+            self.signature.bind(*args, **kwargs)
         except TypeError as exc:
-            return f"arguments do not match {name}{signature}: {exc}"
+            return f"arguments do not match {self.cls_name}.{self.name}{self.signature}: {exc}"
         return None
-
-    def _signature(
-        self, name: str, method: Any
-    ) -> tuple[frozenset[str] | None, inspect.Signature | None]:
-        cached = self._signatures.get(name)
-        if cached is None:
-            try:
-                signature: inspect.Signature | None = inspect.signature(method)
-            except (TypeError, ValueError):
-                signature = None  # builtins and C callables: let the call itself decide
-            accepted: frozenset[str] | None = None
-            if signature is not None:
-                params = signature.parameters.values()
-                if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-                    accepted = frozenset(
-                        p.name for p in params
-                        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                      inspect.Parameter.KEYWORD_ONLY))
-            cached = self._signatures[name] = (accepted, signature)
-        return cached
 
 
 # --- helpers ------------------------------------------------------------------------------------

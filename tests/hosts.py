@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from grpclib.client import Channel
 
+from model_runner.process import ModelHostProcess, host_environment
 from model_runner.wire import (
     Argument,
     CallRequest,
@@ -31,68 +25,20 @@ SUBMISSIONS = EXAMPLES / "submissions"
 TEST_SUBMISSIONS = ROOT / "tests" / "submissions"
 BASE = "starter_challenge.tracker.TrackerBase"
 
-_SERVING = re.compile(r"model host serving .* on (?P<host>.+):(?P<port>\d+)")
-
 
 def host_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLES), env.get("PYTHONPATH")]))
-    env.pop("GRPC_ADDRESS", None)
-    env.pop("CODE_DIRECTORY", None)
-    env.update(extra or {})
-    return env
+    return host_environment([EXAMPLES], extra)
 
 
-class HostProcess:
-    """One `python -m model_runner` subprocess; its log goes to a file the tests can read."""
+class HostProcess(ModelHostProcess):
+    """A model host for tests, with the examples' Crunch package on its path."""
 
     def __init__(self, code_directory: Path, *args: str, env: dict[str, str] | None = None):
-        self.code_directory = code_directory
-        self.args = args
-        self.env = host_env(env)
-        self.log_path = Path(tempfile.mkstemp(prefix="model-host-", suffix=".log")[1])
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        super().__init__(code_directory, args, env=env, python_path=[EXAMPLES])
 
-    def start(self, timeout: float = 20.0) -> HostProcess:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "model_runner", "--code-directory",
-                 str(self.code_directory), "--address", "127.0.0.1:0", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = _SERVING.search(self.log)
-            if match:
-                self.port = int(match["port"])
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"model host exited {self.proc.returncode}:\n{self.log}")
-            time.sleep(0.02)
-        raise RuntimeError(f"model host did not start within {timeout}s:\n{self.log}")
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def signal(self, sig: int = signal.SIGTERM) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
-        self.log_path.unlink(missing_ok=True)
+    def start(self, timeout: float = 30.0) -> HostProcess:
+        super().start(timeout)
+        return self
 
     def channel(self) -> Channel:
         return Channel("127.0.0.1", self.port)

@@ -157,7 +157,8 @@ def _encode_parquet(frame: Any) -> bytes:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise VariantError(f"encoding a DataFrame as PARQUET needs pyarrow: {_DATAFRAMES_HINT}")
+        raise VariantError(
+            f"encoding a DataFrame as PARQUET needs pyarrow: {_DATAFRAMES_HINT}") from None
     try:
         table = pa.Table.from_pandas(frame)
         sink = pa.BufferOutputStream()
@@ -190,7 +191,8 @@ def decode_value(type_: int, data: bytes) -> Any:
         return None
     if type_ == VariantType.DOUBLE:
         if len(data) != 8:
-            raise VariantError(f"a DOUBLE must be 8 bytes (IEEE-754 little-endian), got {len(data)}")
+            raise VariantError(
+                f"a DOUBLE must be 8 bytes (IEEE-754 little-endian), got {len(data)}")
         return _DOUBLE.unpack(data)[0]
     if type_ == VariantType.INT:
         if len(data) != 8:
@@ -217,14 +219,16 @@ def decode_json(data: bytes) -> Any:
     """Decode JSON text, accepting the NaN/Infinity tokens that Python's json module writes."""
     try:
         return _json_decoder.decode(data)
+    except RecursionError:
+        raise VariantError("JSON is nested too deeply to decode; flatten the value") from None
     except msgspec.DecodeError:
-        pass  # maybe NaN/Infinity tokens, which msgspec rejects: the slower standard parser reads them
+        pass  # maybe NaN/Infinity tokens, which msgspec rejects; the standard parser reads them
     try:
         return json.loads(bytes(data).decode("utf-8"), parse_constant=_json_constant)
     except UnicodeDecodeError as exc:
         raise VariantError(f"JSON must be valid UTF-8: {exc}") from None
     except RecursionError:
-        raise VariantError("JSON is nested too deeply to decode") from None
+        raise VariantError("JSON is nested too deeply to decode; flatten the value") from None
     except ValueError as exc:
         raise VariantError(f"invalid JSON: {exc}") from None
 
@@ -245,7 +249,8 @@ def _decode_parquet(data: bytes) -> Any:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise VariantError(f"decoding a PARQUET value needs pyarrow and pandas: {_DATAFRAMES_HINT}")
+        raise VariantError(
+            f"decoding a PARQUET value needs pyarrow and pandas: {_DATAFRAMES_HINT}") from None
     try:
         table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:
@@ -253,14 +258,14 @@ def _decode_parquet(data: bytes) -> Any:
     try:
         return table.to_pandas()
     except ImportError:
-        raise VariantError(f"decoding a PARQUET value needs pandas: {_DATAFRAMES_HINT}")
+        raise VariantError(f"decoding a PARQUET value needs pandas: {_DATAFRAMES_HINT}") from None
 
 
 def _decode_arrow(data: bytes) -> Any:
     try:
         import pyarrow as pa
     except ImportError:
-        raise VariantError(f"decoding an ARROW value needs pyarrow: {_DATAFRAMES_HINT}")
+        raise VariantError(f"decoding an ARROW value needs pyarrow: {_DATAFRAMES_HINT}") from None
     try:
         with pa.ipc.open_stream(pa.BufferReader(data)) as reader:
             return reader.read_all()

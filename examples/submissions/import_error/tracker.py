@@ -1,5 +1,4 @@
 import a_package_that_is_not_installed  # noqa: F401
-
 from starter_challenge.tracker import TrackerBase
 
 

@@ -68,6 +68,9 @@ class Toolbox(TrackerBase):
     def exit(self):
         raise SystemExit(3)
 
+    async def async_exit(self):
+        raise SystemExit(4)
+
     def unencodable(self):
         return object()
 

@@ -1,0 +1,41 @@
+"""Baseline for benchmarks: a bare grpclib server answering Call with a constant CallResponse.
+
+    python benchmarks/bare_server.py PORT
+
+It uses the generated betterproto2 service base as-is: decode the request, return a constant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from grpclib.server import Server
+
+from model_runner.wire import CallResponse, SetupResponse, Status, encode_value
+from model_runner.wire.generated.dynamic_subclass import (
+    CallRequest,
+    DynamicSubclassServiceBase,
+    SetupRequest,
+)
+
+RESPONSE = CallResponse(status=Status(code="SUCCESS"), method_response=encode_value(1.0))
+
+
+class Constant(DynamicSubclassServiceBase):
+    async def setup(self, message: SetupRequest) -> SetupResponse:
+        return SetupResponse(status=Status(code="SUCCESS"))
+
+    async def call(self, message: CallRequest) -> CallResponse:
+        return RESPONSE
+
+
+async def main(port: int) -> None:
+    server = Server([Constant()])
+    await server.start("127.0.0.1", port)
+    print(f"serving on {port}", flush=True)
+    await server.wait_closed()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))

@@ -1,0 +1,111 @@
+"""Byte compatibility with the grpcio/protobuf ecosystem, built from the same .proto files."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from model_runner.wire import (
+    Argument,
+    CallRequest,
+    CallResponse,
+    KwArgument,
+    Status,
+    Variant,
+    encode_value,
+)
+from tests.hosts import BASE, ROOT, HostProcess
+
+PROTO = ROOT / "proto"
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModuleType]]:
+    """protobuf/grpcio modules generated from proto/ with grpc_tools (the old ecosystem's way)."""
+    out = tmp_path_factory.mktemp("grpcio_gen")
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO}",
+                    f"--python_out={out}", f"--grpc_python_out={out}",
+                    "commons.proto", "dynamic_subclass.proto"], check=True, cwd=PROTO)
+    sys.path.insert(0, str(out))
+    try:
+        yield {name: importlib.import_module(name) for name in
+               ("commons_pb2", "dynamic_subclass_pb2", "dynamic_subclass_pb2_grpc")}
+    finally:
+        sys.path.remove(str(out))
+
+
+variants = st.builds(Variant, type=st.integers(0, 6), value=st.binary(max_size=40))
+arguments = st.builds(Argument, position=st.integers(0, 2**32 - 1), data=st.none() | variants)
+kw_arguments = st.builds(KwArgument, keyword=st.text(max_size=10), data=st.none() | variants)
+call_requests = st.builds(CallRequest, method_name=st.text(max_size=20),
+                          method_arguments=st.lists(arguments, max_size=4),
+                          method_kw_arguments=st.lists(kw_arguments, max_size=4))
+call_responses = st.builds(CallResponse,
+                           status=st.none() | st.builds(Status, code=st.text(max_size=10),
+                                                        message=st.text(max_size=20)),
+                           method_response=st.none() | variants)
+
+
+@given(request=call_requests)
+def test_call_request_bytes_match_protobuf(pb: dict[str, ModuleType], request: CallRequest) -> None:
+    reference = pb["dynamic_subclass_pb2"].CallRequest.FromString(bytes(request))
+    assert reference.SerializeToString() == bytes(request)
+    assert CallRequest.parse(reference.SerializeToString()) == request
+
+
+@given(response=call_responses)
+def test_call_response_bytes_match_protobuf(pb: dict[str, ModuleType],
+                                            response: CallResponse) -> None:
+    reference = pb["dynamic_subclass_pb2"].CallResponse.FromString(bytes(response))
+    assert reference.SerializeToString() == bytes(response)
+
+
+def test_enum_numbers_match(pb: dict[str, ModuleType]) -> None:
+    reference = pb["commons_pb2"].VariantType
+    assert {name: reference.Value(name) for name in reference.keys()} == {
+        "NONE": 0, "DOUBLE": 1, "INT": 2, "STRING": 3, "PARQUET": 4, "ARROW": 5, "JSON": 6}
+
+
+def _pb_variant(pb: dict[str, ModuleType], value: Any) -> Any:
+    variant = encode_value(value)
+    return pb["commons_pb2"].Variant(type=int(variant.type), value=variant.value)
+
+
+def test_grpcio_client_against_our_server(
+    pb: dict[str, ModuleType], toolbox_host: HostProcess
+) -> None:
+    messages, grpc_stubs = pb["dynamic_subclass_pb2"], pb["dynamic_subclass_pb2_grpc"]
+    commons = pb["commons_pb2"]
+    with grpc.insecure_channel(toolbox_host.address) as channel:
+        stub = grpc_stubs.DynamicSubclassServiceStub(channel)
+        from google.protobuf import empty_pb2
+
+        assert stub.Rest(empty_pb2.Empty(), timeout=10).status.code == "SUCCESS"
+        response = stub.Setup(messages.SetupRequest(
+            className=BASE,
+            instanceArguments=[commons.Argument(position=0, data=_pb_variant(pb, 5))],
+            instanceKwArguments=[commons.KwArgument(keyword="k", data=_pb_variant(pb, "v"))]),
+            timeout=30)
+        assert response.status.code == "SUCCESS"
+        response = stub.Call(messages.CallRequest(methodName="init"), timeout=10)
+        assert response.status.code == "SUCCESS"
+        assert response.methodResponse.type == commons.JSON
+        assert response.methodResponse.value == b'{"args":[5],"kwargs":{"k":"v"}}'
+        response = stub.Call(messages.CallRequest(
+            methodName="first", methodArguments=[commons.Argument(position=0,
+                                                                  data=_pb_variant(pb, 2.5))]),
+            timeout=10)
+        assert (response.methodResponse.type, response.methodResponse.value) == (
+            commons.DOUBLE, encode_value(2.5).value)
+        response = stub.Call(messages.CallRequest(methodName="fail"), timeout=10)
+        assert response.status.code == "MODEL_FAILED"
+        assert not response.HasField("methodResponse")
