@@ -46,10 +46,12 @@ class ModelHostProcess:
         env: Mapping[str, str] | None = None,
         python_path: Sequence[Path] = (),
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.code_directory = Path(code_directory)
         self.args = list(args)
         self.host = host
+        self.requested_port = port
         self.env = host_environment(python_path, env)
         fd, name = tempfile.mkstemp(prefix="model-host-", suffix=".log")
         os.close(fd)
@@ -62,7 +64,8 @@ class ModelHostProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "model_runner", "--code-directory",
-                 str(self.code_directory), "--address", f"{self.host}:0", *self.args],
+                 str(self.code_directory), "--address", f"{self.host}:{self.requested_port}",
+                 *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
     def poll_ready(self) -> bool:

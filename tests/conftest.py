@@ -29,3 +29,17 @@ def good_host() -> Iterator[HostProcess]:
     host = HostProcess(SUBMISSIONS / "good_tracker").start()
     yield host
     host.stop()
+
+
+@pytest.fixture(scope="module")
+def raising_host() -> Iterator[HostProcess]:
+    host = HostProcess(SUBMISSIONS / "raising_tracker").start()
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="module")
+def bad_host() -> Iterator[HostProcess]:
+    host = HostProcess(SUBMISSIONS / "no_subclass").start()
+    yield host
+    host.stop()

@@ -33,8 +33,9 @@ def host_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class HostProcess(ModelHostProcess):
     """A model host for tests, with the examples' Crunch package on its path."""
 
-    def __init__(self, code_directory: Path, *args: str, env: dict[str, str] | None = None):
-        super().__init__(code_directory, args, env=env, python_path=[EXAMPLES])
+    def __init__(self, code_directory: Path, *args: str, env: dict[str, str] | None = None,
+                 port: int = 0):
+        super().__init__(code_directory, args, env=env, python_path=[EXAMPLES], port=port)
 
     def start(self, timeout: float = 30.0) -> HostProcess:
         super().start(timeout)

@@ -109,3 +109,59 @@ def test_grpcio_client_against_our_server(
         response = stub.Call(messages.CallRequest(methodName="fail"), timeout=10)
         assert response.status.code == "MODEL_FAILED"
         assert not response.HasField("methodResponse")
+
+
+@pytest.mark.anyio
+async def test_our_client_against_a_grpcio_server(pb: dict[str, ModuleType]) -> None:
+    """A server built with grpcio from the same .proto, answering like an older host would."""
+    from concurrent import futures
+
+    from model_runner_client import CallStatus, ModelRunnerClient
+
+    messages, grpc_stubs = pb["dynamic_subclass_pb2"], pb["dynamic_subclass_pb2_grpc"]
+    commons = pb["commons_pb2"]
+    seen: list[Any] = []
+
+    class Servicer(grpc_stubs.DynamicSubclassServiceServicer):  # type: ignore[misc,name-defined]
+        def Setup(self, request: Any, context: Any) -> Any:
+            seen.append(request)
+            return messages.SetupResponse()  # older hosts: success carries no Status
+
+        def Call(self, request: Any, context: Any) -> Any:
+            seen.append(request)
+            if request.methodName == "fail":
+                context.abort(grpc.StatusCode.INTERNAL, "The model raised an exception: boom")
+            if request.methodName == "none":
+                return messages.CallResponse()
+            value = b'{"asset":"' + request.methodArguments[0].data.value + b'"}'
+            return messages.CallResponse(
+                status=commons.Status(code="SUCCESS"),
+                methodResponse=commons.Variant(type=commons.JSON, value=value))
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    grpc_stubs.add_DynamicSubclassServiceServicer_to_server(Servicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = ModelRunnerClient.from_addresses([f"127.0.0.1:{port}"], base_classname=BASE,
+                                                  instance_args=[7], timeout=5)
+        async with client:
+            await client.wait_for_models(1, timeout=20)
+            results = await client.call("predict", "BTC", 60, kwargs={"step": 5})
+            assert results[0].status is CallStatus.SUCCESS and results[0].output == {
+                "asset": "BTC"}
+            results = await client.call("fail")
+            assert results[0].status is CallStatus.FAILURE and "boom" in results[0].detail
+            results = await client.call("none")
+            assert results[0].status is CallStatus.SUCCESS and results[0].output is None
+    finally:
+        server.stop(None)
+    setup, call = seen[0], seen[1]
+    assert setup.className == BASE
+    assert [(a.position, a.data.type, a.data.value) for a in setup.instanceArguments] == [
+        (0, commons.INT, (7).to_bytes(8, "little"))]
+    assert call.methodName == "predict"
+    assert [(a.position, a.data.value) for a in call.methodArguments] == [
+        (0, b"BTC"), (1, (60).to_bytes(8, "little"))]
+    assert [(k.keyword, k.data.value) for k in call.methodKwArguments] == [
+        ("step", (5).to_bytes(8, "little"))]

@@ -1,0 +1,553 @@
+"""`ModelRunnerClient`: a live set of models, set up as they join, called all at once.
+
+The client owns one anyio task group for its background work (model setups, health probes,
+failure reports, the model source); leaving `async with` (or `close()`) cancels it and closes
+every connection, so no task or socket outlives the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl as _ssl
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import anyio
+from grpclib.const import Status as GrpcStatus
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.health.v1.health_pb2 import HealthCheckResponse
+
+from model_runner.wire import SERVICE_NAME, StatusCode
+
+from .connection import ModelConnection
+from .encoding import ArgumentError, ResultDecoder, encode_call, encode_setup
+from .events import EventCallback, EventHub, EventKind, FailureReport, ModelEvent, iterate
+from .fanout import Fanout, Job, Kind, Outcome
+from .models import ModelEndpoint
+from .policy import Streaks
+from .results import CallResult, CallResults, CallStatus
+
+__all__ = ["ModelRunnerClient", "ModelSource", "StaticModels", "UnknownModelError"]
+
+logger = logging.getLogger(__name__)
+
+FailureCallback = Callable[[FailureReport], Awaitable[None] | None]
+PerModel = Callable[[ModelEndpoint], tuple[Sequence[Any], Mapping[str, Any] | None]]
+#: Departed models remembered, so results for them can still carry their metadata.
+_DEPARTED_KEPT = 10_000
+_CONNECTION_ERRORS = (OSError, TimeoutError, GRPCError, StreamTerminatedError, ProtocolError)
+
+
+class UnknownModelError(KeyError):
+    """`models=` named a model this client has never held."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ModelRegistry(Protocol):
+    """What a model source drives: the client's live model set."""
+
+    def upsert(self, endpoint: ModelEndpoint) -> None: ...
+    def remove(self, model_id: str, reason: str, *, deployment_id: str | None = None) -> None: ...
+
+
+class ModelSource(Protocol):
+    """Feeds the client's model set; `run` lives as long as the client (or returns early)."""
+
+    async def run(self, registry: ModelRegistry) -> None: ...
+
+
+@dataclass
+class StaticModels:
+    """A fixed list of models (`ModelRunnerClient.from_addresses`)."""
+
+    endpoints: list[ModelEndpoint]
+
+    async def run(self, registry: ModelRegistry) -> None:
+        for endpoint in self.endpoints:
+            registry.upsert(endpoint)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One model the client holds: its connection, streaks and background work."""
+
+    endpoint: ModelEndpoint
+    connection: ModelConnection
+    streaks: Streaks
+    #: The deployment this one replaces, for the REDEPLOYED event.
+    previous: ModelEndpoint | None = None
+    ready: bool = False
+    gone: bool = False
+    probing: bool = False
+    setting_up: bool = False
+    #: Cancel scopes of its running background tasks, cancelled when the slot is discarded.
+    scopes: set[anyio.CancelScope] = field(default_factory=set)
+
+    @contextmanager
+    def owned(self) -> Iterator[None]:
+        """Run a background task for this slot: cancelled when the slot goes."""
+        with anyio.CancelScope() as scope:
+            if self.gone:
+                scope.cancel()
+            self.scopes.add(scope)
+            try:
+                yield
+            finally:
+                self.scopes.discard(scope)
+
+
+class ModelRunnerClient:
+    """Calls a live set of models concurrently, each call with a deadline.
+
+    Use `from_addresses([...])` for a fixed list of model hosts, or pass a `source` (the
+    orchestrator link is one). Then `async with client:` connects, and `await client.call(...)`
+    returns one `CallResult` per model.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: ModelSource,
+        base_classname: str,
+        timeout: float = 1.0,
+        max_consecutive_failures: int = 3,
+        max_consecutive_timeouts: int = 3,
+        instance_args: Sequence[Any] = (),
+        instance_kwargs: Mapping[str, Any] | None = None,
+        max_concurrent_calls: int = 1000,
+        setup_timeout: float = 60.0,
+        connect_attempts: int = 8,
+        on_failure: FailureCallback | None = None,
+        on_event: EventCallback | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        if not base_classname:
+            raise ValueError("base_classname must name the base class, e.g. "
+                             "'birdgame.trackers.trackerbase.TrackerBase'")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout}")
+        if max_consecutive_failures < 1 or max_consecutive_timeouts < 1:
+            raise ValueError("max_consecutive_failures and max_consecutive_timeouts must be >= 1")
+        self.base_classname = base_classname
+        self.timeout = timeout
+        self.max_consecutive_failures = max_consecutive_failures
+        self.max_consecutive_timeouts = max_consecutive_timeouts
+        self.setup_timeout = setup_timeout
+        self.connect_attempts = connect_attempts
+        # Fails here, not on the first join, when an instance argument cannot be encoded.
+        self._setup_payload = encode_setup(base_classname, instance_args, instance_kwargs)
+        self._source = source
+        self._fanout = Fanout(max_concurrent_calls)
+        self._on_failure = on_failure
+        self._ssl = ssl
+        self._metadata = metadata
+        self._events = EventHub()
+        if on_event is not None:
+            self._events.add_callback(on_event)
+        self._slots: dict[str, _Slot] = {}
+        self._departed: dict[str, ModelEndpoint] = {}
+        self._reported: set[tuple[str, str]] = set()
+        self._changed = anyio.Event()
+        self._stack: AsyncExitStack | None = None
+        self._group: anyio.abc.TaskGroup | None = None
+        self._closed = False
+
+    @classmethod
+    def from_addresses(
+        cls, addresses: Iterable[str | ModelEndpoint], *, base_classname: str, **options: Any
+    ) -> ModelRunnerClient:
+        """A client over a fixed list of model hosts (`"host:port"` or `ModelEndpoint`)."""
+        endpoints = [a if isinstance(a, ModelEndpoint) else ModelEndpoint.from_address(a)
+                     for a in addresses]
+        ids = [e.model_id for e in endpoints]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"model ids must be unique; repeated: {', '.join(duplicates)}")
+        return cls(source=StaticModels(endpoints), base_classname=base_classname, **options)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the model source and background work (what `async with` does)."""
+        if self._stack is not None:
+            raise RuntimeError("the client is already started")
+        if self._closed:
+            raise RuntimeError("the client is closed; create a new one")
+        stack = AsyncExitStack()
+        self._group = await stack.enter_async_context(anyio.create_task_group())
+        self._stack = stack
+        self._group.start_soon(self._run_source)
+
+    async def close(self) -> None:
+        """Cancel background work and close every connection. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        stack, self._stack = self._stack, None
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            for slot in self._slots.values():
+                slot.gone = True
+                slot.connection.close()
+            self._slots.clear()
+            self._events.close()
+            self._notify()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def _run_source(self) -> None:
+        try:
+            await self._source.run(self)
+        except Exception:
+            logger.exception("the model source %r failed; the client keeps the models it has",
+                             self._source)
+
+    # --- the model set -------------------------------------------------------------------------
+
+    @property
+    def models(self) -> list[ModelEndpoint]:
+        """The models ready for calls (set up), in the order they were added."""
+        return [slot.endpoint for slot in self._slots.values() if slot.ready]
+
+    @property
+    def pending(self) -> list[ModelEndpoint]:
+        """Models still connecting or being set up."""
+        return [slot.endpoint for slot in self._slots.values() if not slot.ready]
+
+    def upsert(self, endpoint: ModelEndpoint) -> None:
+        """Add a model, or replace it when its address or deployment changed."""
+        current = self._slots.get(endpoint.model_id)
+        if current is not None:
+            same_place = (current.endpoint.deployment_id == endpoint.deployment_id
+                          and current.endpoint.address == endpoint.address)
+            if same_place:
+                current.endpoint = endpoint  # fresher metadata, same deployment
+                return
+            self._discard(current)
+            previous = current.endpoint if current.ready else current.previous
+        else:
+            previous = self._departed.pop(endpoint.model_id, None)
+            if previous is not None and previous.deployment_id == endpoint.deployment_id:
+                previous = None  # the same deployment coming back is a join, not a redeploy
+        connection = ModelConnection(endpoint, ssl=self._ssl, metadata=self._metadata)
+        slot = _Slot(endpoint, connection, Streaks(self.max_consecutive_failures,
+                                                   self.max_consecutive_timeouts),
+                     previous=previous)
+        self._slots[endpoint.model_id] = slot
+        self._spawn(self._bring_up, slot)
+        self._notify()
+
+    def remove(self, model_id: str, reason: str, *, deployment_id: str | None = None) -> None:
+        """Remove a model (if `deployment_id` is given, only if it is still that deployment)."""
+        slot = self._slots.get(model_id)
+        if slot is None:
+            return
+        if deployment_id is not None and slot.endpoint.deployment_id != deployment_id:
+            return  # about an older deployment than the one held
+        self._drop(slot, reason)
+
+    def _discard(self, slot: _Slot) -> None:
+        slot.gone = True
+        for scope in list(slot.scopes):
+            scope.cancel()
+        slot.connection.close()
+        if self._slots.get(slot.endpoint.model_id) is slot:
+            del self._slots[slot.endpoint.model_id]
+
+    def _drop(self, slot: _Slot, reason: str, report_code: str | None = None) -> None:
+        if slot.gone:
+            return
+        was_ready = slot.ready
+        self._discard(slot)
+        self._departed[slot.endpoint.model_id] = slot.endpoint
+        while len(self._departed) > _DEPARTED_KEPT:
+            del self._departed[next(iter(self._departed))]  # oldest first
+        if report_code is not None:
+            self._report(slot.endpoint, report_code, reason)
+        if was_ready:
+            self._spawn(self._events.publish, ModelEvent(EventKind.LEFT, slot.endpoint,
+                                                         reason=reason))
+        else:
+            logger.warning("model %s dropped before it was ready: %s", slot.endpoint, reason)
+        self._notify()
+
+    def _report(self, endpoint: ModelEndpoint, code: str, reason: str) -> None:
+        key = (endpoint.model_id, endpoint.deployment_id)
+        if key in self._reported:
+            return  # one report per deployment: the orchestrator stops the model for good
+        self._reported.add(key)
+        logger.warning("reporting %s as %s: %s", endpoint, code, reason)
+        if self._on_failure is not None:
+            self._spawn(self._deliver_report, FailureReport(endpoint, code, reason))
+
+    async def _deliver_report(self, report: FailureReport) -> None:
+        assert self._on_failure is not None
+        try:
+            outcome = self._on_failure(report)
+            if outcome is not None:
+                await outcome
+        except Exception:
+            logger.exception("the on_failure callback raised for %s", report)
+
+    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        if self._group is None or self._closed:
+            return
+        self._group.start_soon(fn, *args)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # --- setup and health ------------------------------------------------------------------
+
+    async def _bring_up(self, slot: _Slot) -> None:
+        """Connect and Setup, retrying connection failures with capped exponential backoff."""
+        if slot.setting_up:
+            return
+        slot.setting_up = True
+        try:
+            with slot.owned():
+                await self._setup_with_retries(slot)
+        finally:
+            slot.setting_up = False
+
+    async def _setup_with_retries(self, slot: _Slot) -> None:
+        endpoint = slot.endpoint
+        for attempt in range(1, self.connect_attempts + 1):
+            try:
+                code, message = await slot.connection.setup(self._setup_payload,
+                                                             self.setup_timeout)
+            except _CONNECTION_ERRORS as exc:
+                if isinstance(exc, GRPCError) and exc.status is GrpcStatus.INTERNAL:
+                    # How older hosts say the constructor raised: the model's fault, final.
+                    self._drop(slot, f"Setup failed: gRPC INTERNAL: {exc.message}",
+                               "BAD_IMPLEMENTATION")
+                    return
+                if attempt == self.connect_attempts:
+                    self._drop(slot, f"could not set up after {attempt} attempts: "
+                                     f"{type(exc).__name__}: {exc}", "CONNECTION_FAILED")
+                    return
+                delay = min(8.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                logger.info("Setup of %s failed (%s: %s); retrying in %.1fs", endpoint,
+                            type(exc).__name__, exc, delay)
+                await anyio.sleep(delay)
+                slot.connection.reconnect()
+                continue
+            if code in (StatusCode.SUCCESS, ""):  # older hosts answer success with no Status
+                if not slot.ready and not slot.gone:
+                    slot.ready = True
+                    self._notify()
+                    previous, slot.previous = slot.previous, None
+                    if previous is not None and previous.deployment_id != endpoint.deployment_id:
+                        event = ModelEvent(EventKind.REDEPLOYED, endpoint, previous=previous)
+                    else:
+                        event = ModelEvent(EventKind.JOINED, endpoint)
+                    self._spawn(self._events.publish, event)
+                return
+            if code in (StatusCode.BAD_IMPLEMENTATION, StatusCode.SETUP_FAILED):
+                self._drop(slot, f"Setup answered {code}: {message}", "BAD_IMPLEMENTATION")
+            else:  # INVALID_ARGUMENT and the like: the coordinator's mistake, not the model's
+                logger.error("Setup of %s answered %s: %s; check base_classname and the "
+                             "instance arguments", endpoint, code or "no status", message)
+                self._drop(slot, f"Setup answered {code}: {message}")
+            return
+
+    async def _probe(self, slot: _Slot) -> None:
+        """After a timeout: is the host still there and still holding the model?"""
+        if slot.probing or slot.gone:
+            return
+        slot.probing = True
+        try:
+            with slot.owned():
+                try:
+                    status = await slot.connection.health(SERVICE_NAME,
+                                                          min(max(self.timeout, 1.0), 5.0))
+                except _CONNECTION_ERRORS as exc:
+                    logger.info("health probe of %s failed (%s: %s); reconnecting",
+                                slot.endpoint, type(exc).__name__, exc)
+                    slot.connection.reconnect()
+                    status = None
+                if status != HealthCheckResponse.SERVING:
+                    await self._setup_with_retries(slot)  # Setup is a no-op if the model exists
+        finally:
+            slot.probing = False
+
+    # --- waiting ---------------------------------------------------------------------------
+
+    async def wait_for_models(self, count: int | None = None, *,
+                              timeout: float | None = None) -> list[ModelEndpoint]:
+        """Wait until `count` models are ready (default: every known model settled).
+
+        Raises TimeoutError, saying how many are ready and pending, if that takes longer than
+        `timeout` seconds.
+        """
+        self._require_started()
+        def reached() -> bool:
+            if count is None:
+                return not self.pending and bool(self._slots or self._departed)
+            return len(self.models) >= count
+
+        with anyio.move_on_after(timeout) as scope:
+            while not reached():
+                await self._changed.wait()
+        if scope.cancelled_caught:
+            want = "every model to be ready" if count is None else f"{count} ready models"
+            raise TimeoutError(
+                f"waited {timeout}s for {want}: {len(self.models)} ready, "
+                f"{len(self.pending)} still connecting "
+                f"({', '.join(e.model_id for e in self.pending[:10])})")
+        return self.models
+
+    def events(self) -> AsyncIterator[ModelEvent]:
+        """Model JOINED / LEFT / REDEPLOYED events from now on, until the client closes."""
+        return iterate(self._events.subscribe())
+
+    def add_event_callback(self, callback: EventCallback) -> None:
+        self._events.add_callback(callback)
+
+    # --- calling ---------------------------------------------------------------------------
+
+    async def call(
+        self,
+        method: str,
+        *args: Any,
+        kwargs: Mapping[str, Any] | None = None,
+        models: Iterable[str | ModelEndpoint] | None = None,
+        timeout: float | None = None,
+        returns: Any = None,
+        per_model: PerModel | None = None,
+    ) -> CallResults:
+        """Call `method` on every ready model (or on `models`) at once; one result each.
+
+        Returns within `timeout` (default: the client's) plus a few milliseconds, however many
+        models hang. Arguments are encoded once and the same bytes go to every model, unless
+        `per_model(model) -> (args, kwargs)` builds them per model. `returns=T` validates each
+        output as T (msgspec); a mismatch is that model's FAILURE.
+
+        Raises ArgumentError for an argument that cannot be encoded and UnknownModelError for a
+        model id the client never held, before anything is sent.
+        """
+        self._require_started()
+        deadline = self.timeout if timeout is None else timeout
+        if deadline <= 0:
+            raise ValueError(f"timeout must be positive seconds, got {deadline}")
+        if per_model is not None and (args or kwargs):
+            raise ValueError("pass either shared arguments or per_model, not both")
+        targets = self._targets(models)
+        decoder = ResultDecoder(returns)
+
+        # Encode everything first: a bad argument raises before anything is sent or counted.
+        shared = None if per_model is not None else encode_call(method, args, kwargs)
+        payloads: list[bytes | None] = []
+        for _, slot in targets:
+            if slot is None or not slot.ready or per_model is None:
+                payloads.append(shared)
+                continue
+            model_args, model_kwargs = per_model(slot.endpoint)
+            try:
+                payloads.append(encode_call(method, model_args, model_kwargs))
+            except ArgumentError as exc:
+                raise ArgumentError(f"per_model arguments for {slot.endpoint.model_id}: "
+                                    f"{exc}") from None
+
+        results: list[CallResult | None] = [None] * len(targets)
+        jobs: list[Job] = []
+        sent: list[tuple[int, _Slot]] = []
+        for index, ((model_id, slot), payload) in enumerate(zip(targets, payloads, strict=True)):
+            if slot is None:
+                results[index] = CallResult.make(self._departed[model_id], CallStatus.FAILURE,
+                                                 detail="not called: the model has left")
+            elif not slot.ready:
+                results[index] = CallResult.make(
+                    slot.endpoint, CallStatus.TIMEOUT,
+                    detail="not called: the model is still being set up")
+            elif slot.streaks.take_skip():
+                results[index] = CallResult.make(
+                    slot.endpoint, CallStatus.TIMEOUT,
+                    detail=f"skipped while cooling down after {slot.streaks.timeouts} "
+                           "timeouts in a row")
+            else:
+                assert payload is not None
+                jobs.append(Job(slot.connection, payload))
+                sent.append((index, slot))
+
+        outcomes = await self._fanout.run(jobs, deadline, decoder) if jobs else []
+        for (index, slot), outcome in zip(sent, outcomes, strict=True):
+            results[index] = CallResult.make(slot.endpoint, outcome.status, outcome.output,
+                                             outcome.latency_us, outcome.detail)
+            self._apply_policy(slot, outcome)
+        return CallResults([r for r in results if r is not None])
+
+    def _targets(self, models: Iterable[str | ModelEndpoint] | None) -> list[
+        tuple[str, _Slot | None]
+    ]:
+        if models is None:
+            return [(slot.endpoint.model_id, slot) for slot in self._slots.values() if slot.ready]
+        targets: list[tuple[str, _Slot | None]] = []
+        seen: set[str] = set()
+        for model in models:
+            model_id = model.model_id if isinstance(model, ModelEndpoint) else model
+            if model_id in seen:
+                continue
+            seen.add(model_id)
+            slot = self._slots.get(model_id)
+            if slot is None and model_id not in self._departed:
+                raise UnknownModelError(
+                    f"models= names {model_id!r}, which this client has never held; "
+                    "pick ids from client.models")
+            targets.append((model_id, slot))
+        return targets
+
+    def _apply_policy(self, slot: _Slot, outcome: Outcome) -> None:
+        if slot.gone:
+            return  # left during the call: nothing to count
+        streaks = slot.streaks
+        kind = outcome.kind
+        verdict: str | None = None
+        if kind is Kind.SUCCESS:
+            streaks.success()
+        elif kind in (Kind.MODEL_FAILURE, Kind.NEEDS_SETUP):
+            verdict = streaks.failure()
+            if kind is Kind.NEEDS_SETUP and verdict is None:
+                self._spawn(self._bring_up, slot)  # the host restarted and lost the instance
+        elif kind in (Kind.TIMEOUT, Kind.UNREACHABLE):
+            verdict = streaks.timeout(unreachable=kind is Kind.UNREACHABLE)
+            if verdict is None:
+                self._spawn(self._probe, slot)
+        if verdict is not None:
+            if verdict == "MULTIPLE_FAILED":
+                reason = f"{streaks.failures} failures in a row; last: {outcome.detail}"
+            else:
+                reason = f"{streaks.timeouts} timeouts in a row; last: {outcome.detail}"
+            self._drop(slot, reason, verdict)
+
+    def _require_started(self) -> None:
+        if self._stack is None:
+            raise RuntimeError("the client is not started: use `async with client:` "
+                               "or `await client.start()` first")

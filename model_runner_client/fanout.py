@@ -1,0 +1,158 @@
+"""`Fanout`: one request to many models at once, each answer or its absence turned into an
+`Outcome` within one deadline.
+
+Every call runs in an anyio task group under one cancel scope; at the deadline the scope cancels
+what is left (grpclib resets those streams, the connections stay usable). Nothing a model does
+escapes as an exception: every call ends as an Outcome. A semaphore shared by all calls bounds
+how many are in flight at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import anyio
+from grpclib.const import Status as GrpcStatus
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.metadata import Deadline
+
+from model_runner.wire import StatusCode, VariantError
+from model_runner.wire.lean import parse_call_response
+
+from .connection import ModelConnection
+from .encoding import ResultDecoder
+from .results import CallStatus
+
+__all__ = ["Fanout", "Job", "Kind", "Outcome"]
+
+
+class Kind(Enum):
+    """Why a call ended as it did; the client's failure policy reads it."""
+
+    SUCCESS = "success"
+    MODEL_FAILURE = "model failure"
+    #: The host lost its model instance (FAILED_PRECONDITION): Setup must run again.
+    NEEDS_SETUP = "needs setup"
+    TIMEOUT = "timeout"
+    UNREACHABLE = "unreachable"
+    #: Not sent: the bound on calls in flight held it until the deadline.
+    NOT_SENT = "not sent"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: CallStatus
+    kind: Kind
+    output: object = None
+    latency_us: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    connection: ModelConnection
+    payload: bytes
+
+
+# gRPC statuses that mean "did not answer in time" rather than "answered wrongly". Existing
+# servers reject a second concurrent call with RESOURCE_EXHAUSTED "Server busy".
+_TIMEOUT_STATUSES = {GrpcStatus.DEADLINE_EXCEEDED, GrpcStatus.RESOURCE_EXHAUSTED,
+                     GrpcStatus.CANCELLED}
+
+
+class Fanout:
+    def __init__(self, max_concurrent_calls: int) -> None:
+        if max_concurrent_calls < 1:
+            raise ValueError("max_concurrent_calls must be at least 1")
+        self.max_concurrent_calls = max_concurrent_calls
+        self._slots = anyio.Semaphore(max_concurrent_calls, fast_acquire=True)
+
+    async def run(self, jobs: Sequence[Job], timeout: float,
+                  decoder: ResultDecoder) -> list[Outcome]:
+        count = len(jobs)
+        outcomes: list[Outcome | None] = [None] * count
+        sent_at = [0] * count
+        deadline = Deadline.from_timeout(timeout)
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as group:
+                for index, job in enumerate(jobs):
+                    group.start_soon(self._one, index, job, deadline, decoder, outcomes, sent_at)
+        finished = time.perf_counter_ns()
+        results: list[Outcome] = []
+        for index, outcome in enumerate(outcomes):
+            if outcome is None:
+                if sent_at[index]:
+                    outcome = Outcome(CallStatus.TIMEOUT, Kind.TIMEOUT,
+                                      latency_us=(finished - sent_at[index]) // 1000,
+                                      detail=f"no answer within {timeout:g}s")
+                else:
+                    outcome = Outcome(
+                        CallStatus.TIMEOUT, Kind.NOT_SENT,
+                        detail=f"not sent within {timeout:g}s: {self.max_concurrent_calls} calls "
+                               "were already in flight (raise max_concurrent_calls)")
+            results.append(outcome)
+        return results
+
+    async def _one(self, index: int, job: Job, deadline: Deadline, decoder: ResultDecoder,
+                   outcomes: list[Outcome | None], sent_at: list[int]) -> None:
+        async with self._slots:
+            sent = sent_at[index] = time.perf_counter_ns()
+            try:
+                raw = await job.connection.call(job.payload, deadline)
+            except TimeoutError:
+                outcomes[index] = _late(sent, "no answer before the deadline")
+                return
+            except GRPCError as exc:
+                outcomes[index] = _from_grpc_error(sent, exc)
+                return
+            except (OSError, StreamTerminatedError, ProtocolError) as exc:
+                outcomes[index] = Outcome(
+                    CallStatus.TIMEOUT, Kind.UNREACHABLE, latency_us=_since(sent),
+                    detail=f"unreachable: {type(exc).__name__}: {exc}")
+                return
+            latency = _since(sent)
+        outcomes[index] = read_answer(raw, latency, decoder)
+
+
+def read_answer(raw: bytes, latency_us: int, decoder: ResultDecoder) -> Outcome:
+    try:
+        answer = parse_call_response(raw)
+    except ValueError as exc:
+        return Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE, latency_us=latency_us,
+                       detail=f"unreadable response: {exc}")
+    # Older hosts send no Status on success; their errors arrive as gRPC statuses instead.
+    if answer.code and answer.code != StatusCode.SUCCESS:
+        kind = Kind.NEEDS_SETUP if answer.code == StatusCode.FAILED_PRECONDITION \
+            else Kind.MODEL_FAILURE
+        return Outcome(CallStatus.FAILURE, kind, latency_us=latency_us,
+                       detail=f"{answer.code or 'no status'}: {answer.message}")
+    try:
+        output = decoder(answer.variant_type, answer.value)
+    except VariantError as exc:
+        return Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE, latency_us=latency_us,
+                       detail=f"unreadable result: {exc}")
+    except ValueError as exc:
+        return Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE, latency_us=latency_us,
+                       detail=str(exc))
+    return Outcome(CallStatus.SUCCESS, Kind.SUCCESS, output, latency_us)
+
+
+def _since(sent: int) -> int:
+    return (time.perf_counter_ns() - sent) // 1000
+
+
+def _late(sent: int, detail: str) -> Outcome:
+    return Outcome(CallStatus.TIMEOUT, Kind.TIMEOUT, latency_us=_since(sent), detail=detail)
+
+
+def _from_grpc_error(sent: int, exc: GRPCError) -> Outcome:
+    detail = f"gRPC {exc.status.name}: {exc.message or ''}".rstrip(": ")
+    if exc.status in _TIMEOUT_STATUSES:
+        return _late(sent, detail)
+    if exc.status is GrpcStatus.UNAVAILABLE:
+        return Outcome(CallStatus.TIMEOUT, Kind.UNREACHABLE, latency_us=_since(sent),
+                       detail=detail)
+    return Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE, latency_us=_since(sent), detail=detail)
