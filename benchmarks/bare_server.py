@@ -1,8 +1,9 @@
 """Baseline for benchmarks: a bare grpclib server answering Call with a constant CallResponse.
 
-    python benchmarks/bare_server.py PORT
+    python benchmarks/bare_server.py PORT [--hang]
 
 It uses the generated betterproto2 service base as-is: decode the request, return a constant.
+With --hang, Call never answers (a model stuck forever).
 """
 
 from __future__ import annotations
@@ -23,19 +24,24 @@ RESPONSE = CallResponse(status=Status(code="SUCCESS"), method_response=encode_va
 
 
 class Constant(DynamicSubclassServiceBase):
+    def __init__(self, hang: bool = False) -> None:
+        self.hang = hang
+
     async def setup(self, message: SetupRequest) -> SetupResponse:
         return SetupResponse(status=Status(code="SUCCESS"))
 
     async def call(self, message: CallRequest) -> CallResponse:
+        if self.hang:
+            await asyncio.Event().wait()
         return RESPONSE
 
 
-async def main(port: int) -> None:
-    server = Server([Constant()])
-    await server.start("127.0.0.1", port)
+async def main(port: int, hang: bool) -> None:
+    server = Server([Constant(hang)])
+    await server.start("127.0.0.1", port, backlog=2048)  # benchmarks connect 1,000 at once
     print(f"serving on {port}", flush=True)
     await server.wait_closed()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), "--hang" in sys.argv[2:]))

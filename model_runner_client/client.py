@@ -501,7 +501,7 @@ class ModelRunnerClient:
         for (index, slot), outcome in zip(sent, outcomes, strict=True):
             results[index] = CallResult.make(slot.endpoint, outcome.status, outcome.output,
                                              outcome.latency_us, outcome.detail)
-            self._apply_policy(slot, outcome)
+            self._apply_policy(slot, method, outcome)
         return CallResults([r for r in results if r is not None])
 
     def _targets(self, models: Iterable[str | ModelEndpoint] | None) -> list[
@@ -524,16 +524,16 @@ class ModelRunnerClient:
             targets.append((model_id, slot))
         return targets
 
-    def _apply_policy(self, slot: _Slot, outcome: Outcome) -> None:
+    def _apply_policy(self, slot: _Slot, method: str, outcome: Outcome) -> None:
         if slot.gone:
             return  # left during the call: nothing to count
         streaks = slot.streaks
         kind = outcome.kind
         verdict: str | None = None
         if kind is Kind.SUCCESS:
-            streaks.success()
+            streaks.success(method)
         elif kind in (Kind.MODEL_FAILURE, Kind.NEEDS_SETUP):
-            verdict = streaks.failure()
+            verdict = streaks.failure(method)
             if kind is Kind.NEEDS_SETUP and verdict is None:
                 self._spawn(self._bring_up, slot)  # the host restarted and lost the instance
         elif kind in (Kind.TIMEOUT, Kind.UNREACHABLE):
@@ -542,7 +542,8 @@ class ModelRunnerClient:
                 self._spawn(self._probe, slot)
         if verdict is not None:
             if verdict == "MULTIPLE_FAILED":
-                reason = f"{streaks.failures} failures in a row; last: {outcome.detail}"
+                reason = (f"{streaks.failures[method]} failures of {method} in a row; "
+                          f"last: {outcome.detail}")
             else:
                 reason = f"{streaks.timeouts} timeouts in a row; last: {outcome.detail}"
             self._drop(slot, reason, verdict)

@@ -1,13 +1,16 @@
 """The failure policy: consecutive failures and timeouts per model, and cooling down.
 
-A success resets both streaks. Reaching `max_consecutive_failures` failures or
-`max_consecutive_timeouts` timeouts in a row disconnects the model. During a timeout streak of
-length s the model skips ceil(s/2) calls, then one call is let through to test it again.
+Failures are counted per method: a model whose `predict` always raises is disconnected even
+though its `tick` keeps succeeding (a success of `tick` says nothing about `predict`). Timeouts
+are counted per model: any answer shows the model is responsive, so any success resets them.
+Reaching `max_consecutive_failures` failures of one method, or `max_consecutive_timeouts`
+timeouts, in a row disconnects the model. During a timeout streak of length s the model skips
+ceil(s/2) calls, then one call is let through to test it again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Streaks"]
 
@@ -16,7 +19,8 @@ __all__ = ["Streaks"]
 class Streaks:
     max_failures: int
     max_timeouts: int
-    failures: int = 0
+    #: Consecutive failures per method name.
+    failures: dict[str, int] = field(default_factory=dict)
     timeouts: int = 0
     #: Calls still to skip before the next one is let through.
     skips_left: int = 0
@@ -30,19 +34,20 @@ class Streaks:
             return True
         return False
 
-    def success(self) -> None:
-        self.failures = self.timeouts = self.skips_left = self.unreachable = 0
-
-    def failure(self) -> str | None:
-        """Record a failure; returns the report code if the model must be disconnected."""
-        self.failures += 1
+    def success(self, method: str) -> None:
+        self.failures.pop(method, None)
         self.timeouts = self.skips_left = self.unreachable = 0
-        return "MULTIPLE_FAILED" if self.failures >= self.max_failures else None
+
+    def failure(self, method: str) -> str | None:
+        """Record a failure; returns the report code if the model must be disconnected."""
+        count = self.failures[method] = self.failures.get(method, 0) + 1
+        # The model answered: it is responsive, whatever it answered.
+        self.timeouts = self.skips_left = self.unreachable = 0
+        return "MULTIPLE_FAILED" if count >= self.max_failures else None
 
     def timeout(self, *, unreachable: bool = False) -> str | None:
         """Record a timeout; returns the report code if the model must be disconnected."""
         self.timeouts += 1
-        self.failures = 0
         self.unreachable = self.unreachable + 1 if unreachable else 0
         self.skips_left = (self.timeouts + 1) // 2
         if self.timeouts >= self.max_timeouts:

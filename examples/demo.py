@@ -1,0 +1,114 @@
+"""The whole system on one machine: model hosts for the example submissions, the client, and
+the example coordinator ticking and predicting with a live table, then a summary.
+
+    python examples/demo.py [--models 3] [--ticks 10] [--interval 1.0] [--timeout 1.0]
+
+The submissions: N good trackers, an async one, a slow one (answers after the deadline), one
+that raises, and one that implements no subclass of the base class. Exits 0 when the good models
+answered every tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+
+import anyio
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+EXAMPLES = Path(__file__).resolve().parent
+sys.path.insert(0, str(EXAMPLES))  # the Crunch package and the example coordinator
+
+from coordinator import Board, Coordinator  # noqa: E402
+
+from model_runner.process import ModelHostProcess  # noqa: E402
+from model_runner_client import FailureReport, ModelEndpoint, ModelRunnerClient  # noqa: E402
+
+BASE = "starter_challenge.tracker.TrackerBase"
+SUBMISSIONS = EXAMPLES / "submissions"
+
+
+def lineup(good: int) -> list[tuple[str, Path]]:
+    models = [(f"good-{i + 1}", SUBMISSIONS / "good_tracker") for i in range(good)]
+    models += [("async", SUBMISSIONS / "async_tracker"), ("slow", SUBMISSIONS / "slow_tracker"),
+               ("raising", SUBMISSIONS / "raising_tracker"),
+               ("no-subclass", SUBMISSIONS / "no_subclass")]
+    return models
+
+
+def render(board: Board, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("model", "status", "latency ms", "last output / detail", "ok", "fail",
+                   "timeout", "mean |error|"):
+        table.add_column(column, overflow="fold", max_width=48 if "output" in column else None)
+    colors = {"SUCCESS": "green", "FAILURE": "red", "TIMEOUT": "yellow"}
+    for stats in sorted(board.stats.values(), key=lambda s: s.model_id):
+        status = "LEFT" if stats.left else stats.last_status
+        shown = stats.last_output or stats.last_detail or stats.left
+        table.add_row(stats.model_id, f"[{colors.get(status, 'dim')}]{status}[/]",
+                      f"{stats.last_latency_us / 1000:.1f}", shown, str(stats.successes),
+                      str(stats.failures), str(stats.timeouts),
+                      "-" if math.isnan(stats.mean_error) else f"{stats.mean_error:.1f}")
+    return table
+
+
+async def run(options: argparse.Namespace, console: Console) -> int:
+    hosts = {name: ModelHostProcess(path, ["--log-level", "WARNING"], python_path=[EXAMPLES])
+             for name, path in lineup(options.models)}
+    for host in hosts.values():
+        host.spawn()
+    reports: list[FailureReport] = []
+    try:
+        with anyio.fail_after(60):
+            while not all(host.poll_ready() for host in hosts.values()):
+                await anyio.sleep(0.05)
+        endpoints = [ModelEndpoint(name, "127.0.0.1", host.port, "v1",
+                                   {"model_name": name, "cruncher_name": f"cruncher-{name}"})
+                     for name, host in hosts.items()]
+        client = ModelRunnerClient.from_addresses(
+            endpoints, base_classname=BASE, timeout=options.timeout,
+            on_failure=reports.append)
+        async with client:
+            await client.wait_for_models(timeout=60)
+            console.print(f"{len(client.models)} models ready: "
+                          + ", ".join(m.model_id for m in client.models))
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                def refresh(board: Board) -> None:
+                    live.update(render(board, f"tick {board.ticks}/{options.ticks} "
+                                              f"({board.last_tick_ms:.0f} ms)"))
+
+                coordinator = Coordinator(client, interval=options.interval, on_tick=refresh)
+                board = await coordinator.run(options.ticks)
+    finally:
+        for host in hosts.values():
+            host.stop()
+
+    console.print("\n[bold]Summary[/]")
+    console.print(render(board, f"{board.ticks} ticks"))
+    for report in reports:
+        console.print(f"reported {report.model.model_id}: {report.code} ({report.reason})")
+    good = [s for name, s in board.stats.items() if name.startswith("good-")]
+    healthy = bool(good) and all(s.successes == board.ticks for s in good)
+    console.print(f"good models answered every tick: {'yes' if healthy else 'NO'}")
+    return 0 if healthy else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=3, help="good trackers (default 3)")
+    parser.add_argument("--ticks", type=int, default=10)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between ticks")
+    parser.add_argument("--timeout", type=float, default=1.0, help="deadline of each call")
+    options = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    console = Console()
+    sys.exit(anyio.run(run, options, console))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The failure policy in isolation: streaks, cooling down, verdicts."""
+
+from model_runner_client.policy import Streaks
+
+
+def test_failures_count_per_method_and_reset_on_that_method_success() -> None:
+    streaks = Streaks(max_failures=3, max_timeouts=3)
+    assert streaks.failure("predict") is None
+    streaks.success("tick")  # another method: predict's streak goes on
+    assert streaks.failure("predict") is None
+    streaks.success("predict")
+    assert streaks.failure("predict") is None
+    assert streaks.failure("predict") is None
+    assert streaks.failure("predict") == "MULTIPLE_FAILED"
+
+
+def test_timeouts_skip_ceil_half_the_streak_then_let_one_through() -> None:
+    streaks = Streaks(max_failures=3, max_timeouts=5)
+    pattern = []
+    for _ in range(12):
+        if streaks.take_skip():
+            pattern.append("skip")
+            continue
+        pattern.append("call")
+        if streaks.timeout() is not None:
+            pattern.append("disconnect")
+            break
+    # streak 1 -> skip 1, 2 -> skip 1, 3 -> skip 2, 4 -> skip 2, 5 -> disconnect
+    assert pattern == ["call", "skip", "call", "skip", "call", "skip", "skip", "call", "skip",
+                       "skip", "call", "disconnect"]
+
+
+def test_any_answer_ends_a_timeout_streak() -> None:
+    streaks = Streaks(max_failures=3, max_timeouts=2)
+    assert streaks.timeout() is None
+    assert streaks.failure("predict") is None  # answered (badly): responsive
+    assert streaks.timeouts == 0 and not streaks.take_skip()
+    assert streaks.timeout() is None
+    streaks.success("tick")
+    assert streaks.timeout() is None
+
+
+def test_unreachable_streak_is_a_connection_failure() -> None:
+    streaks = Streaks(max_failures=3, max_timeouts=2)
+    assert streaks.timeout(unreachable=True) is None
+    streaks.take_skip()
+    assert streaks.timeout(unreachable=True) == "CONNECTION_FAILED"
+    mixed = Streaks(max_failures=3, max_timeouts=2)
+    mixed.timeout()
+    mixed.take_skip()
+    assert mixed.timeout(unreachable=True) == "MULTIPLE_TIMEOUT"
