@@ -133,7 +133,7 @@ class Coordinator:
             async for price, results in receive:
                 pending.append((price, results))
                 if len(pending) > 1:
-                    predicted_at, earlier = pending.pop(0)
+                    _, earlier = pending.pop(0)
                     await anyio.to_thread.run_sync(self._score, earlier, price)
 
     def _score(self, results: CallResults, realized: float) -> None:

@@ -1,5 +1,6 @@
-"""The whole system on one machine: model hosts for the example submissions, the client, and
-the example coordinator ticking and predicting with a live table, then a summary.
+"""The whole system on one machine: the local orchestrator running model hosts for the example
+submissions, the client following it over the orchestrator's websocket, and the example
+coordinator ticking and predicting with a live table, then a summary.
 
     python examples/demo.py [--models 3] [--ticks 10] [--interval 1.0] [--timeout 1.0]
 
@@ -26,8 +27,8 @@ sys.path.insert(0, str(EXAMPLES))  # the Crunch package and the example coordina
 
 from coordinator import Board, Coordinator  # noqa: E402
 
-from model_runner.process import ModelHostProcess  # noqa: E402
-from model_runner_client import FailureReport, ModelEndpoint, ModelRunnerClient  # noqa: E402
+from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec  # noqa: E402
+from model_runner_client import FailureReport, ModelRunnerClient  # noqa: E402
 
 BASE = "starter_challenge.tracker.TrackerBase"
 SUBMISSIONS = EXAMPLES / "submissions"
@@ -58,21 +59,16 @@ def render(board: Board, title: str) -> Table:
 
 
 async def run(options: argparse.Namespace, console: Console) -> int:
-    hosts = {name: ModelHostProcess(path, ["--log-level", "WARNING"], python_path=[EXAMPLES])
-             for name, path in lineup(options.models)}
-    for host in hosts.values():
-        host.spawn()
+    specs = [ModelSpec(path, name, cruncher=f"cruncher-{name}")
+             for name, path in lineup(options.models)]
     reports: list[FailureReport] = []
-    try:
-        with anyio.fail_after(60):
-            while not all(host.poll_ready() for host in hosts.values()):
-                await anyio.sleep(0.05)
-        endpoints = [ModelEndpoint(name, "127.0.0.1", host.port, "v1",
-                                   {"model_name": name, "cruncher_name": f"cruncher-{name}"})
-                     for name, host in hosts.items()]
-        client = ModelRunnerClient.from_addresses(
-            endpoints, base_classname=BASE, timeout=options.timeout,
-            on_failure=reports.append)
+    orchestrator = LocalOrchestrator("demo", specs, python_path=[EXAMPLES])
+    async with orchestrator:
+        console.print(f"local orchestrator on {orchestrator.url}, starting {len(specs)} "
+                      "model hosts")
+        await orchestrator.wait_running(timeout=60)
+        client = ModelRunnerClient("demo", "127.0.0.1", orchestrator.port, base_classname=BASE,
+                                   timeout=options.timeout, on_failure=reports.append)
         async with client:
             await client.wait_for_models(timeout=60)
             console.print(f"{len(client.models)} models ready: "
@@ -84,14 +80,14 @@ async def run(options: argparse.Namespace, console: Console) -> int:
 
                 coordinator = Coordinator(client, interval=options.interval, on_tick=refresh)
                 board = await coordinator.run(options.ticks)
-    finally:
-        for host in hosts.values():
-            host.stop()
+            await anyio.sleep(0.2)  # let the last failure reports reach the orchestrator
+        stopped = sorted(r["model_id"] for r in orchestrator.reports)
 
     console.print("\n[bold]Summary[/]")
     console.print(render(board, f"{board.ticks} ticks"))
     for report in reports:
         console.print(f"reported {report.model.model_id}: {report.code} ({report.reason})")
+    console.print(f"stopped by the orchestrator after a report: {', '.join(stopped) or 'none'}")
     good = [s for name, s in board.stats.items() if name.startswith("good-")]
     healthy = bool(good) and all(s.successes == board.ticks for s in good)
     console.print(f"good models answered every tick: {'yes' if healthy else 'NO'}")

@@ -1,10 +1,12 @@
 """Model Runner Client: call many remote models at once, each call with a deadline."""
 
-from .client import ModelRunnerClient, ModelSource, StaticModels, UnknownModelError
+from .client import ModelRunnerClient, UnknownModelError
 from .encoding import ArgumentError
 from .events import EventKind, FailureReport, ModelEvent
 from .models import ModelEndpoint
+from .orchestrator import OrchestratorLink
 from .results import CallResult, CallResults, CallStatus
+from .sources import ModelRegistry, ModelSource, StaticModels
 
 __all__ = [
     "ArgumentError",
@@ -15,8 +17,10 @@ __all__ = [
     "FailureReport",
     "ModelEndpoint",
     "ModelEvent",
+    "ModelRegistry",
     "ModelRunnerClient",
     "ModelSource",
+    "OrchestratorLink",
     "StaticModels",
     "UnknownModelError",
 ]

@@ -23,7 +23,7 @@ from collections.abc import (
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import anyio
 from grpclib.const import Status as GrpcStatus
@@ -37,10 +37,12 @@ from .encoding import ArgumentError, ResultDecoder, encode_call, encode_setup
 from .events import EventCallback, EventHub, EventKind, FailureReport, ModelEvent, iterate
 from .fanout import Fanout, Job, Kind, Outcome
 from .models import ModelEndpoint
+from .orchestrator import OrchestratorLink
 from .policy import Streaks
 from .results import CallResult, CallResults, CallStatus
+from .sources import ModelSource, StaticModels
 
-__all__ = ["ModelRunnerClient", "ModelSource", "StaticModels", "UnknownModelError"]
+__all__ = ["ModelRunnerClient", "UnknownModelError"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,30 +58,6 @@ class UnknownModelError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-class ModelRegistry(Protocol):
-    """What a model source drives: the client's live model set."""
-
-    def upsert(self, endpoint: ModelEndpoint) -> None: ...
-    def remove(self, model_id: str, reason: str, *, deployment_id: str | None = None) -> None: ...
-
-
-class ModelSource(Protocol):
-    """Feeds the client's model set; `run` lives as long as the client (or returns early)."""
-
-    async def run(self, registry: ModelRegistry) -> None: ...
-
-
-@dataclass
-class StaticModels:
-    """A fixed list of models (`ModelRunnerClient.from_addresses`)."""
-
-    endpoints: list[ModelEndpoint]
-
-    async def run(self, registry: ModelRegistry) -> None:
-        for endpoint in self.endpoints:
-            registry.upsert(endpoint)
 
 
 @dataclass(eq=False)
@@ -114,15 +92,18 @@ class _Slot:
 class ModelRunnerClient:
     """Calls a live set of models concurrently, each call with a deadline.
 
-    Use `from_addresses([...])` for a fixed list of model hosts, or pass a `source` (the
-    orchestrator link is one). Then `async with client:` connects, and `await client.call(...)`
-    returns one `CallResult` per model.
+    By default the models come from the Model Orchestrator at `ws://host:port/<crunch_id>`;
+    `from_addresses([...])` uses a fixed list instead, and `source=` any `ModelSource`. Then
+    `async with client:` connects, and `await client.call(...)` returns one `CallResult` per
+    model.
     """
 
     def __init__(
         self,
+        crunch_id: str | None = None,
+        host: str = "localhost",
+        port: int = 9091,
         *,
-        source: ModelSource,
         base_classname: str,
         timeout: float = 1.0,
         max_consecutive_failures: int = 3,
@@ -136,6 +117,8 @@ class ModelRunnerClient:
         on_event: EventCallback | None = None,
         ssl: _ssl.SSLContext | None = None,
         metadata: Mapping[str, str] | None = None,
+        report_failure: bool = True,
+        source: ModelSource | None = None,
     ) -> None:
         if not base_classname:
             raise ValueError("base_classname must name the base class, e.g. "
@@ -152,6 +135,13 @@ class ModelRunnerClient:
         self.connect_attempts = connect_attempts
         # Fails here, not on the first join, when an instance argument cannot be encoded.
         self._setup_payload = encode_setup(base_classname, instance_args, instance_kwargs)
+        self.link: OrchestratorLink | None = None
+        if source is None:
+            if not crunch_id:
+                raise ValueError("name the Crunch (crunch_id=...) to get models from the "
+                                 "orchestrator, or use ModelRunnerClient.from_addresses([...])")
+            source = self.link = OrchestratorLink(crunch_id, host, port,
+                                                  report_failure=report_failure)
         self._source = source
         self._fanout = Fanout(max_concurrent_calls)
         self._on_failure = on_failure
@@ -242,6 +232,9 @@ class ModelRunnerClient:
 
     def upsert(self, endpoint: ModelEndpoint) -> None:
         """Add a model, or replace it when its address or deployment changed."""
+        if (endpoint.model_id, endpoint.deployment_id) in self._reported:
+            logger.info("not adding %s again: this deployment was reported as failed", endpoint)
+            return
         current = self._slots.get(endpoint.model_id)
         if current is not None:
             same_place = (current.endpoint.deployment_id == endpoint.deployment_id
@@ -262,6 +255,14 @@ class ModelRunnerClient:
         self._slots[endpoint.model_id] = slot
         self._spawn(self._bring_up, slot)
         self._notify()
+
+    def model_ids(self) -> set[str]:
+        """Every model held, ready or still being set up."""
+        return set(self._slots)
+
+    def deployment_of(self, model_id: str) -> str | None:
+        slot = self._slots.get(model_id)
+        return slot.endpoint.deployment_id if slot is not None else None
 
     def remove(self, model_id: str, reason: str, *, deployment_id: str | None = None) -> None:
         """Remove a model (if `deployment_id` is given, only if it is still that deployment)."""
@@ -303,17 +304,18 @@ class ModelRunnerClient:
             return  # one report per deployment: the orchestrator stops the model for good
         self._reported.add(key)
         logger.warning("reporting %s as %s: %s", endpoint, code, reason)
-        if self._on_failure is not None:
-            self._spawn(self._deliver_report, FailureReport(endpoint, code, reason))
+        self._spawn(self._deliver_report, FailureReport(endpoint, code, reason))
 
     async def _deliver_report(self, report: FailureReport) -> None:
-        assert self._on_failure is not None
-        try:
-            outcome = self._on_failure(report)
-            if outcome is not None:
-                await outcome
-        except Exception:
-            logger.exception("the on_failure callback raised for %s", report)
+        if self.link is not None:
+            await self.link.report(report)
+        if self._on_failure is not None:
+            try:
+                outcome = self._on_failure(report)
+                if outcome is not None:
+                    await outcome
+            except Exception:
+                logger.exception("the on_failure callback raised for %s", report)
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         if self._group is None or self._closed:
@@ -498,10 +500,17 @@ class ModelRunnerClient:
                 sent.append((index, slot))
 
         outcomes = await self._fanout.run(jobs, deadline, decoder) if jobs else []
+        # Every model unreachable at once is the coordinator's network, not the models' fault.
+        blame = len(outcomes) < 2 or any(o.kind is not Kind.UNREACHABLE for o in outcomes)
+        if not blame:
+            logger.warning("all %d models were unreachable in this call: the coordinator's "
+                           "network is likely down; not counting it against the models",
+                           len(outcomes))
         for (index, slot), outcome in zip(sent, outcomes, strict=True):
             results[index] = CallResult.make(slot.endpoint, outcome.status, outcome.output,
                                              outcome.latency_us, outcome.detail)
-            self._apply_policy(slot, method, outcome)
+            if blame:
+                self._apply_policy(slot, method, outcome)
         return CallResults([r for r in results if r is not None])
 
     def _targets(self, models: Iterable[str | ModelEndpoint] | None) -> list[

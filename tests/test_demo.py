@@ -15,5 +15,7 @@ def test_demo_runs_and_summarises() -> None:
     out = result.stdout
     assert "Summary" in out and "good models answered every tick: yes" in out
     assert "reported no-subclass: BAD_IMPLEMENTATION" in out
+    assert "reported raising: MULTIPLE_FAILED" in out
+    assert "stopped by the orchestrator after a report: no-subclass, raising" in out
     for model in ("good-1", "good-2", "async", "slow", "raising"):
         assert model in out

@@ -1,0 +1,380 @@
+"""A local Model Orchestrator: model hosts as subprocesses, announced over the orchestrator's
+websocket protocol. For tests, benchmarks and the demo; production runs model hosts as
+containers through the real orchestrator, which the client's link speaks to the same way.
+
+    python -m model_runner.local_orchestrator --crunch-id demo --port 9091 DIR [DIR ...]
+    python -m model_runner.local_orchestrator --config models.toml
+
+Each model host starts on a free port; it is announced RUNNING once its health is SERVING. A
+host that dies is announced RECOVERING and restarted (at most `max_restarts` times, then
+STOPPED). A model reported with `report_failure` is stopped for good. `redeploy(model_id)`
+starts a new deployment and retires the old one, the way the real orchestrator does.
+
+A config file (TOML):
+
+    crunch_id = "demo"
+    python_path = ["examples"]          # put on the hosts' PYTHONPATH (e.g. the Crunch package)
+    [[models]]
+    code_directory = "examples/submissions/good_tracker"
+    id = "good-1"                       # optional: defaults to the folder name
+    name = "Trend tracker"              # optional
+    cruncher = "alice"                  # optional
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import websockets
+from grpclib.client import Channel
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from websockets.asyncio.server import Server, ServerConnection
+
+from .process import ModelHostProcess
+
+__all__ = ["LocalOrchestrator", "ModelSpec", "load_config"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    code_directory: Path
+    model_id: str = ""
+    name: str = ""
+    cruncher: str = ""
+    #: Extra command-line options for this model's host.
+    host_args: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.model_id or self.code_directory.resolve().name
+
+
+@dataclass(eq=False)
+class _Model:
+    spec: ModelSpec
+    deployment: int = 1
+    state: str = "STARTING"
+    host: ModelHostProcess | None = None
+    #: A host `redeploy` started and announced, for the supervisor to adopt.
+    adopted: ModelHostProcess | None = None
+    restarts: int = 0
+    failed: bool = False
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    @property
+    def deployment_id(self) -> str:
+        return f"{self.spec.id}-d{self.deployment}"
+
+    def entry(self, state: str | None = None) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "model_id": spec.id, "deployment_id": self.deployment_id,
+            "state": state or self.state, "ip": "127.0.0.1",
+            "port": self.host.port if self.host is not None else 0,
+            "infos": {"model_name": spec.name or spec.id, "cruncher_id": f"cruncher-{spec.id}",
+                      "cruncher_name": spec.cruncher or f"cruncher-{spec.id}",
+                      "cruncher_wallet_pubkey": "", "cruncher_hotkey": None},
+        }
+
+
+class LocalOrchestrator:
+    def __init__(
+        self,
+        crunch_id: str,
+        models: Sequence[ModelSpec],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        python_path: Sequence[Path] = (),
+        max_restarts: int = 3,
+        host_args: Sequence[str] = ("--log-level", "WARNING"),
+    ) -> None:
+        ids = [m.id for m in models]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"model ids must be unique: {ids}")
+        self.crunch_id = crunch_id
+        self.listen_host = host
+        self.listen_port = port
+        self.python_path = list(python_path)
+        self.max_restarts = max_restarts
+        self.host_args = list(host_args)
+        self.models = {m.id: _Model(m) for m in models}
+        self.reports: list[dict[str, Any]] = []
+        self._clients: set[ServerConnection] = set()
+        self._server: Server | None = None
+        self._group: anyio.abc.TaskGroup | None = None
+        self._changed = anyio.Event()
+        self.port = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LocalOrchestrator:
+        self._server = await websockets.serve(self._serve_client, self.listen_host,
+                                              self.listen_port, max_size=16 * 2**20)
+        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else 0
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        for model in self.models.values():
+            self._group.start_soon(self._supervise, model)
+        logger.info("local orchestrator for %r on ws://%s:%d/%s", self.crunch_id,
+                    self.listen_host, self.port, self.crunch_id)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._group is not None and self._server is not None
+        self._group.cancel_scope.cancel()
+        try:
+            await self._group.__aexit__(None, None, None)
+        finally:
+            for model in self.models.values():
+                if model.host is not None:
+                    model.host.stop()
+            self._server.close()
+            await self._server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.listen_host}:{self.port}/{self.crunch_id}"
+
+    async def wait_running(self, count: int | None = None, timeout: float = 60.0) -> None:
+        """Wait until `count` models (default all) are RUNNING."""
+        want = len(self.models) if count is None else count
+        with anyio.fail_after(timeout):
+            while sum(m.state == "RUNNING" for m in self.models.values()) < want:
+                await self._changed.wait()
+
+    # --- websocket side ------------------------------------------------------------------------
+
+    async def _serve_client(self, ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request is not None else "/"
+        if path.strip("/") != self.crunch_id:
+            await ws.close(4004, f"unknown crunch {path.strip('/')!r}; this is {self.crunch_id!r}")
+            return
+        self._clients.add(ws)
+        try:
+            running = [m.entry() for m in self.models.values() if m.state == "RUNNING"]
+            await ws.send(json.dumps({"event": "init", "data": running}))
+            async for frame in ws:
+                await self._on_client_message(frame)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._clients.discard(ws)
+
+    async def _on_client_message(self, frame: str | bytes) -> None:
+        try:
+            message = json.loads(frame)
+            assert message["event"] == "report_failure" and isinstance(message["data"], list)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            logger.warning("ignoring a client message that is not a report_failure: %.200r",
+                           frame)
+            return
+        for item in message["data"]:
+            model = self.models.get(str(item.get("model_id"))) if isinstance(item, dict) else None
+            if model is None:
+                logger.warning("report_failure for an unknown model: %.200r", item)
+                continue
+            self.reports.append(item)
+            logger.warning("model %s reported as %s (%s): stopping it", model.spec.id,
+                           item.get("failure_code"), item.get("failure_reason"))
+            model.failed = True
+            model.scope.cancel()
+
+    async def broadcast(self, entries: list[dict[str, Any]]) -> None:
+        text = json.dumps({"event": "update", "data": entries})
+        for ws in list(self._clients):
+            try:
+                await ws.send(text)
+            except websockets.ConnectionClosed:
+                self._clients.discard(ws)
+
+    async def drop_clients(self) -> None:
+        """Close every client link (they reconnect and get a fresh init)."""
+        for ws in list(self._clients):
+            await ws.close(1012, "orchestrator restarting")
+
+    # --- model hosts -----------------------------------------------------------------------------
+
+    async def _supervise(self, model: _Model) -> None:
+        while not model.failed:
+            with model.scope:
+                await self._run_once(model)
+            if model.failed:
+                break
+            if model.state == "REDEPLOYING":
+                model.scope = anyio.CancelScope()
+                continue
+            model.restarts += 1
+            if model.restarts > self.max_restarts:
+                break
+            model.scope = anyio.CancelScope()
+            await anyio.sleep(min(5.0, 0.2 * 2 ** model.restarts))
+        await self._stop(model)
+
+    def _new_host(self, model: _Model) -> ModelHostProcess:
+        return ModelHostProcess(model.spec.code_directory,
+                                [*self.host_args, *model.spec.host_args],
+                                python_path=self.python_path)
+
+    async def _start_host(self, host: ModelHostProcess) -> None:
+        """Spawn and wait until it listens and its health is SERVING (RuntimeError if not)."""
+        host.spawn()
+        while not host.poll_ready():  # noqa: ASYNC110 - the host's log offers no event to await
+            await anyio.sleep(0.05)
+        await self._wait_serving(host)
+
+    async def _run_once(self, model: _Model) -> None:
+        if model.adopted is not None:  # started and announced by redeploy()
+            host, model.adopted = model.adopted, None
+        else:
+            host = model.host = self._new_host(model)
+            try:
+                await self._start_host(host)
+            except RuntimeError as exc:
+                logger.error("model %s did not start: %s", model.spec.id, str(exc)[-500:])
+                host.stop()
+                return
+            await self.broadcast([model.entry("RUNNING")])
+            logger.info("model %s RUNNING on port %d", model.deployment_id, host.port)
+        self._set_state(model, "RUNNING")
+        while host.proc is not None and host.proc.poll() is None:  # noqa: ASYNC110 - a child
+            await anyio.sleep(0.1)  # process offers no awaitable exit without a blocked thread
+        logger.warning("model host %s exited with %s; recovering", model.deployment_id,
+                       host.proc.returncode if host.proc else None)
+        self._set_state(model, "RECOVERING")
+        await self.broadcast([model.entry()])
+
+    async def _wait_serving(self, host: ModelHostProcess) -> None:
+        channel = Channel("127.0.0.1", host.port)
+        try:
+            with anyio.fail_after(30):
+                while True:
+                    try:
+                        reply = await HealthStub(channel).Check(HealthCheckRequest(), timeout=2)
+                        if reply is not None and reply.status == HealthCheckResponse.SERVING:
+                            return
+                    except (OSError, TimeoutError):
+                        pass
+                    await anyio.sleep(0.05)
+        except TimeoutError:
+            raise RuntimeError("health never turned SERVING within 30s") from None
+        finally:
+            channel.close()
+
+    def _set_state(self, model: _Model, state: str) -> None:
+        model.state = state
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _stop(self, model: _Model) -> None:
+        with anyio.CancelScope(shield=True):
+            previous = model.state
+            self._set_state(model, "STOPPED")
+            if model.host is not None:
+                model.host.stop()
+            if previous != "STOPPED":
+                await self.broadcast([model.entry()])
+
+    # --- controls used by tests and the demo ----------------------------------------------------
+
+    async def redeploy(self, model_id: str) -> None:
+        """A new deployment of the model: its RUNNING is announced before the old STOPPED,
+        as the real orchestrator often does."""
+        model = self.models[model_id]
+        new_host = self._new_host(model)
+        await self._start_host(new_host)
+        old, old_host = model.entry("STOPPED"), model.host
+        model.deployment += 1
+        model.host = model.adopted = new_host
+        model.state = "REDEPLOYING"
+        model.scope.cancel()  # the supervisor adopts the new host without counting a restart
+        await self.broadcast([model.entry("RUNNING")])
+        await self.broadcast([old])
+        if old_host is not None:
+            old_host.stop()
+
+    def kill(self, model_id: str) -> None:
+        """Kill a model's host process (it will be RECOVERING, then restarted)."""
+        host = self.models[model_id].host
+        if host is not None and host.proc is not None:
+            host.proc.kill()
+
+
+def load_config(path: Path) -> tuple[str, list[ModelSpec], list[Path]]:
+    """Read a TOML config: (crunch_id, models, python_path); paths relative to the file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from None
+    base = path.resolve().parent
+    models = []
+    for i, raw in enumerate(data.get("models", [])):
+        if "code_directory" not in raw:
+            raise ValueError(f"{path}: models[{i}] needs a code_directory")
+        models.append(ModelSpec(base / raw["code_directory"], str(raw.get("id", "")),
+                                str(raw.get("name", "")), str(raw.get("cruncher", ""))))
+    return (str(data.get("crunch_id", "local")), models,
+            [base / p for p in data.get("python_path", [])])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_runner.local_orchestrator",
+        description="Run model hosts for local submissions and announce them over the Model "
+                    "Orchestrator's websocket protocol.")
+    parser.add_argument("code_directories", nargs="*", type=Path,
+                        help="submission folders (one model each)")
+    parser.add_argument("--config", type=Path, help="a TOML file listing the models")
+    parser.add_argument("--crunch-id", default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9091)
+    parser.add_argument("--python-path", type=Path, action="append", default=[],
+                        help="a folder to put on the model hosts' PYTHONPATH (repeatable)")
+    parser.add_argument("--max-restarts", type=int, default=3)
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s")
+    crunch_id, python_path = "local", list(options.python_path)
+    specs: list[ModelSpec] = []
+    try:
+        if options.config is not None:
+            crunch_id, specs, extra = load_config(options.config)
+            python_path += extra
+        specs += [ModelSpec(d) for d in options.code_directories]
+    except ValueError as exc:
+        parser.exit(2, f"local_orchestrator: error: {exc}\n")
+    missing = [str(s.code_directory) for s in specs if not s.code_directory.is_dir()]
+    if not specs or missing:
+        parser.exit(2, "local_orchestrator: error: "
+                    + (f"no such folders: {', '.join(missing)}" if missing
+                       else "name submission folders or a --config") + "\n")
+    crunch_id = options.crunch_id or crunch_id
+
+    async def serve() -> None:
+        orchestrator = LocalOrchestrator(crunch_id, specs, host=options.host, port=options.port,
+                                         python_path=python_path,
+                                         max_restarts=options.max_restarts)
+        async with orchestrator:
+            print(f"serving {orchestrator.url}", flush=True)
+            await anyio.sleep_forever()
+
+    try:
+        anyio.run(serve)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""The orchestrator link against a scripted websocket peer replaying the tricky sequences."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.server import ServerConnection
+
+from model_runner_client import CallStatus, EventKind, ModelEvent, ModelRunnerClient
+from model_runner_client.orchestrator import parse_entry
+from tests.hosts import BASE, TEST_SUBMISSIONS, HostProcess
+
+pytestmark = pytest.mark.anyio
+
+
+def entry(model_id: str, host: HostProcess | int | str, deployment: str = "d1",
+          state: str = "RUNNING", ip: str = "127.0.0.1", **extra: Any) -> dict[str, Any]:
+    port = host.port if isinstance(host, HostProcess) else host
+    return {"model_id": model_id, "deployment_id": deployment, "state": state, "ip": ip,
+            "port": port, "infos": {"model_name": f"{model_id}-name", "cruncher_id": "c1",
+                                    "cruncher_name": "alice", "cruncher_wallet_pubkey": "w",
+                                    "cruncher_hotkey": None}, **extra}
+
+
+class Peer:
+    """A scripted orchestrator: sends `init` on each connection, records what clients send."""
+
+    def __init__(self) -> None:
+        self.init: list[dict[str, Any]] = []
+        self.received: list[dict[str, Any]] = []
+        self.connections: list[ServerConnection] = []
+        self.server: Any = None
+        self.port = 0
+
+    async def handler(self, ws: ServerConnection) -> None:
+        self.connections.append(ws)
+        await ws.send(json.dumps({"event": "init", "data": self.init}))
+        try:
+            async for frame in ws:
+                self.received.append(json.loads(frame))
+        except websockets.ConnectionClosed:
+            pass
+
+    async def send(self, event: str, data: Any) -> None:
+        await self.connections[-1].send(json.dumps({"event": event, "data": data}))
+
+    async def send_raw(self, text: str) -> None:
+        await self.connections[-1].send(text)
+
+    async def drop(self) -> None:
+        await self.connections[-1].close()
+
+    @property
+    def reports(self) -> list[tuple[str, str]]:
+        return [(item["model_id"], item["failure_code"]) for message in self.received
+                if message["event"] == "report_failure" for item in message["data"]]
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[Peer]:
+    scripted = Peer()
+    async with websockets.serve(scripted.handler, "127.0.0.1", 0) as server:
+        scripted.server = server
+        scripted.port = server.sockets[0].getsockname()[1]
+        yield scripted
+
+
+def client_for(peer: Peer, events: list[ModelEvent] | None = None,
+               **options: Any) -> ModelRunnerClient:
+    options.setdefault("timeout", 2.0)
+    client = ModelRunnerClient("crunch", "127.0.0.1", peer.port, base_classname=BASE,
+                               on_event=events.append if events is not None else None,
+                               **options)
+    assert client.link is not None
+    client.link.backoff_initial = 0.05  # reconnect fast in tests
+    return client
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def ids(client: ModelRunnerClient) -> set[str]:
+    return {m.model_id for m in client.models}
+
+
+async def test_init_and_updates_drive_the_model_set(peer: Peer, good_host: HostProcess,
+                                                    toolbox_host: HostProcess) -> None:
+    peer.init = [entry("a", good_host)]
+    events: list[ModelEvent] = []
+    async with client_for(peer, events) as client:
+        await client.wait_for_models(1, timeout=20)
+        a = client.models[0]
+        assert (a.model_name, a.cruncher_name, a.cruncher_id, a.deployment_id) == (
+            "a-name", "alice", "c1", "d1")
+        await peer.send("update", [entry("b", toolbox_host)])
+        await client.wait_for_models(2, timeout=20)
+        await peer.send("update", [entry("a", good_host, state="STOPPED")])
+        await until(lambda: ids(client) == {"b"})
+        await peer.send("update", [entry("a", good_host, state="STOPPED")])  # duplicate
+        await peer.send("update", [entry("b", toolbox_host, state="RECOVERING")])
+        await until(lambda: ids(client) == set())
+        await peer.send("update", [entry("b", toolbox_host)])  # recovered, same deployment
+        await client.wait_for_models(1, timeout=20)
+    kinds = [(e.kind, e.model.model_id) for e in events]
+    assert kinds == [(EventKind.JOINED, "a"), (EventKind.JOINED, "b"), (EventKind.LEFT, "a"),
+                     (EventKind.LEFT, "b"), (EventKind.JOINED, "b")]
+
+
+async def test_redeploy_with_running_before_the_old_stopped(peer: Peer, good_host: HostProcess,
+                                                            toolbox_host: HostProcess) -> None:
+    peer.init = [entry("m", good_host, "d1")]
+    events: list[ModelEvent] = []
+    async with client_for(peer, events) as client:
+        await client.wait_for_models(1, timeout=20)
+        await peer.send("update", [entry("m", toolbox_host, "d2")])  # new deployment first
+        await until(lambda: any(e.kind is EventKind.REDEPLOYED for e in events))
+        await peer.send("update", [entry("m", good_host, "d1", state="STOPPED")])  # old, late
+        await peer.send("update", [entry("m", good_host, "d1")])  # a stale duplicate RUNNING
+        await asyncio.sleep(0.3)
+        assert [(m.model_id, m.deployment_id, m.port) for m in client.models] == [
+            ("m", "d2", toolbox_host.port)]
+        results = await client.call("first", 5)  # only the toolbox (d2) has first()
+        assert results["m"].ok and results["m"].deployment_id == "d2"
+    redeployed = next(e for e in events if e.kind is EventKind.REDEPLOYED)
+    assert redeployed.previous is not None and redeployed.previous.deployment_id == "d1"
+    assert redeployed.model.deployment_id == "d2"
+
+
+async def test_reconnect_with_a_smaller_init_removes_the_missing(
+    peer: Peer, good_host: HostProcess, toolbox_host: HostProcess
+) -> None:
+    peer.init = [entry("a", good_host), entry("b", toolbox_host)]
+    async with client_for(peer) as client:
+        await client.wait_for_models(2, timeout=20)
+        peer.init = [entry("b", toolbox_host)]
+        await peer.drop()
+        await until(lambda: ids(client) == {"b"})
+        assert client.link is not None and client.link.connections == 2
+
+
+async def test_a_link_dropped_mid_tick_does_not_disturb_the_tick(peer: Peer,
+                                                                 toolbox_host: HostProcess) -> None:
+    peer.init = [entry("t", toolbox_host)]
+    async with client_for(peer) as client:
+        await client.wait_for_models(1, timeout=20)
+        tick = asyncio.ensure_future(client.call("sleep", 0.5))
+        await asyncio.sleep(0.1)
+        await peer.drop()
+        results = await tick
+        assert results["t"].ok
+        await asyncio.sleep(0.2)
+        assert ids(client) == {"t"}  # models held while the link is down, and after
+        assert (await client.call("first", 1))["t"].ok
+
+
+async def test_a_slow_to_connect_model_delays_no_update_and_no_tick(
+    peer: Peer, good_host: HostProcess, toolbox_host: HostProcess
+) -> None:
+    # A listener that accepts connections and never speaks: Setup hangs there.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        peer.init = [entry("a", good_host), entry("b", toolbox_host)]
+        async with client_for(peer, timeout=0.5, setup_timeout=30) as client:
+            await client.wait_for_models(2, timeout=20)
+            await peer.send("update", [entry("slow", silent.getsockname()[1])])
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await peer.send("update", [entry("a", good_host, state="STOPPED")])
+            await until(lambda: ids(client) == {"b"}, timeout=5)
+            assert time.monotonic() - started < 1.0
+            started = time.monotonic()
+            results = await client.call("first", 1)
+            assert time.monotonic() - started < 1.0
+            assert results["b"].ok and "slow" not in results
+            assert [m.model_id for m in client.pending] == ["slow"]
+
+
+async def test_malformed_frames_are_skipped(peer: Peer, good_host: HostProcess,
+                                            toolbox_host: HostProcess) -> None:
+    peer.init = []
+    async with client_for(peer) as client:
+        await until(lambda: client.link is not None and client.link.connections == 1)
+        for text in ["not json", "[1, 2]", '{"event": "update"}',
+                     '{"event": "bogus", "data": []}',
+                     '{"event": "update", "data": [{"model_id": "x"}]}',
+                     '{"event": "update", "data": [{"model_id": "x", "deployment_id": "d", '
+                     '"state": "RUNNING", "ip": "127.0.0.1", "port": "not a port"}]}',
+                     '{"event": "update", "data": [7, null]}']:
+            await peer.send_raw(text)
+        # A string port and a hostname work.
+        await peer.send("update", [entry("a", str(good_host.port), ip="localhost"),
+                                   entry("b", toolbox_host)])
+        await client.wait_for_models(2, timeout=20)
+        assert client.link is not None and client.link.connections == 1  # never dropped
+
+
+def test_parse_entry_errors_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="lacks deployment_id, state"):
+        parse_entry({"model_id": "x"})
+    with pytest.raises(ValueError, match="unknown state"):
+        parse_entry({"model_id": "x", "deployment_id": "d", "state": "DANCING"})
+    with pytest.raises(ValueError, match="port"):
+        parse_entry({"model_id": "x", "deployment_id": "d", "state": "RUNNING", "ip": "h",
+                     "port": 0})
+    assert parse_entry({"model_id": "x", "deployment_id": "d", "state": "STOPPED"}).port == 0
+
+
+# --- failure reports ---
+
+async def test_exactly_one_report_per_failing_deployment(peer: Peer, bad_host: HostProcess,
+                                                         raising_host: HostProcess,
+                                                         good_host: HostProcess) -> None:
+    peer.init = [entry("bad", bad_host), entry("raising", raising_host), entry("good", good_host)]
+    async with client_for(peer, max_consecutive_failures=2) as client:
+        await client.wait_for_models(timeout=20)
+        await until(lambda: peer.reports == [("bad", "BAD_IMPLEMENTATION")])
+        # The orchestrator has not stopped it yet and announces it again: no second report.
+        await peer.send("update", [entry("bad", bad_host)])
+        for _ in range(4):
+            await client.call("predict", "BTC", 1)
+        await peer.drop()  # a reconnect and a fresh init repeating both
+        await until(lambda: client.link is not None and client.link.connections == 2)
+        await asyncio.sleep(0.5)
+        for _ in range(4):
+            await client.call("predict", "BTC", 1)
+        await asyncio.sleep(0.2)
+    assert sorted(peer.reports) == [("bad", "BAD_IMPLEMENTATION"), ("raising", "MULTIPLE_FAILED")]
+    item = next(i for m in peer.received for i in m["data"] if i["model_id"] == "raising")
+    assert item["ip"] == "127.0.0.1" and "predict" in item["failure_reason"]
+
+
+async def test_reports_wait_for_the_link(peer: Peer, raising_host: HostProcess,
+                                         good_host: HostProcess) -> None:
+    peer.init = [entry("raising", raising_host), entry("good", good_host)]
+    async with client_for(peer, max_consecutive_failures=1) as client:
+        await client.wait_for_models(2, timeout=20)
+        peer.server.close()  # the orchestrator goes away...
+        await peer.drop()
+        await peer.server.wait_closed()
+        await client.call("predict", "BTC", 1)  # ...while the model is disconnected
+        await asyncio.sleep(0.3)
+        assert peer.reports == []
+        assert ids(client) == {"good"}  # ticks go on with the models held
+        async with websockets.serve(peer.handler, "127.0.0.1", peer.port):
+            await until(lambda: peer.reports == [("raising", "MULTIPLE_FAILED")])
+
+
+async def test_report_failure_false_only_logs(peer: Peer, raising_host: HostProcess,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    peer.init = [entry("raising", raising_host)]
+    async with client_for(peer, max_consecutive_failures=1, report_failure=False) as client:
+        await client.wait_for_models(1, timeout=20)
+        await client.call("predict", "BTC", 1)
+        await asyncio.sleep(0.3)
+    assert peer.reports == []
+    assert "report_failure=False: not reporting" in caplog.text
+
+
+async def test_the_coordinators_own_network_failure_is_not_blamed(peer: Peer) -> None:
+    hosts = [HostProcess(TEST_SUBMISSIONS / "toolbox").start() for _ in range(2)]
+    try:
+        peer.init = [entry(f"m{i}", h) for i, h in enumerate(hosts)]
+        async with client_for(peer, max_consecutive_timeouts=2, timeout=0.5) as client:
+            await client.wait_for_models(2, timeout=20)
+            for host in hosts:
+                host.stop()  # every model unreachable at once
+            for _ in range(6):
+                results = await client.call("first", 1)
+                assert all(r.status is CallStatus.TIMEOUT for r in results)
+            await asyncio.sleep(0.3)
+            assert peer.reports == [] and ids(client) == {"m0", "m1"}
+    finally:
+        for host in hosts:
+            host.stop()
