@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .host import DEFAULT_MAX_MESSAGE_LENGTH, HostConfig, ModelHost
+from .security import server_tls_context
 
 __all__ = ["main", "parse_address"]
 
@@ -86,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resource-directory", default=env("RESOURCE_DIRECTORY"),
                         help="accepted for compatibility with existing deployments "
                              "(env RESOURCE_DIRECTORY)")
+    parser.add_argument("--tls-cert", default=env("TLS_CERT"),
+                        help="serve TLS with this certificate (PEM; env TLS_CERT)")
+    parser.add_argument("--tls-key", default=env("TLS_KEY"),
+                        help="the certificate's private key (PEM; env TLS_KEY)")
+    parser.add_argument("--tls-client-ca", default=env("TLS_CLIENT_CA"),
+                        help="require client certificates signed by this CA: mutual TLS "
+                             "(PEM; env TLS_CLIENT_CA)")
+    parser.add_argument("--auth-token", default=env("AUTH_TOKEN"),
+                        help="require 'authorization: Bearer <token>' on model calls; prefer "
+                             "the env AUTH_TOKEN, which other users cannot see in ps")
     parser.add_argument("--grace-period", default=env("GRACE_PERIOD", "10"),
                         help="seconds in-flight calls get to finish after SIGTERM/SIGINT "
                              "(env GRACE_PERIOD; default %(default)s)")
@@ -114,6 +125,7 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
             from None
     if grace < 0:
         raise UsageError(f"--grace-period must be 0 or more seconds, got {grace}")
+    tls = _tls_paths(options.tls_cert, options.tls_key, options.tls_client_ca)
     config = HostConfig(
         code_directory=code,
         host=host,
@@ -126,8 +138,28 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
         grace_period=grace,
         resource_directory=Path(options.resource_directory) if options.resource_directory
         else None,
+        tls_cert=tls[0], tls_key=tls[1], tls_client_ca=tls[2],
+        auth_token=options.auth_token or None,
     )
     return config, level
+
+
+def _tls_paths(cert: str | None, key: str | None,
+               client_ca: str | None) -> tuple[Path | None, Path | None, Path | None]:
+    if bool(cert) != bool(key):
+        raise UsageError("--tls-cert and --tls-key go together: give both or neither")
+    if client_ca and not cert:
+        raise UsageError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key too")
+    paths = [Path(p) if p else None for p in (cert, key, client_ca)]
+    for option, path in zip(("--tls-cert", "--tls-key", "--tls-client-ca"), paths, strict=True):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{option} {str(path)!r} is not a readable file")
+    if paths[0] is not None and paths[1] is not None:
+        try:
+            server_tls_context(paths[0], paths[1], paths[2])
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise UsageError(f"cannot use the TLS files: {exc}") from None
+    return paths[0], paths[1], paths[2]
 
 
 async def _serve(config: HostConfig) -> None:

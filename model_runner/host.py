@@ -13,6 +13,7 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server
 
+from .security import server_tls_context
 from .service import DynamicSubclassService
 from .wire.codec import PassthroughCodec
 
@@ -36,6 +37,12 @@ class HostConfig:
     #: Seconds in-flight calls get to finish after SIGTERM/SIGINT.
     grace_period: float = 10.0
     resource_directory: Path | None = None
+    #: TLS: the host's certificate and key; with tls_client_ca, mutual TLS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    #: When set, model calls need `authorization: Bearer <token>` metadata (health stays open).
+    auth_token: str | None = None
 
 
 class ModelHost:
@@ -55,6 +62,7 @@ class ModelHost:
             model_status=self._model_status,
             max_receive_message_length=config.max_receive_message_length,
             max_send_message_length=config.max_send_message_length,
+            auth_token=config.auth_token,
         )
         health = Health({self.service: [self._model_status], OVERALL: [self._overall]})
         self._server = Server([self.service, health], codec=PassthroughCodec())
@@ -63,10 +71,14 @@ class ModelHost:
     async def start(self) -> None:
         """Bind and start serving; raises OSError when the address cannot be bound."""
         config = self.config
+        tls = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            tls = server_tls_context(config.tls_cert, config.tls_key, config.tls_client_ca)
         if config.path is not None:
-            await self._server.start(path=config.path)
+            await self._server.start(path=config.path, ssl=tls)
         else:
-            await self._server.start(config.host, config.port)
+            # A large backlog: a coordinator connects to every model at once after a restart.
+            await self._server.start(config.host, config.port, ssl=tls, backlog=1024)
             # grpclib keeps the asyncio server private; its sockets tell the port bound for 0.
             listener: Any = self._server._server
             sockets = listener.sockets if listener is not None else ()

@@ -24,6 +24,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 
 from .discovery import DiscoveryError, discover_class, unload_submission
+from .security import bearer_matches
 from .serial import DeadlinePassed, SerialRunner
 from .wire import (
     CALL_PATH,
@@ -71,8 +72,10 @@ class DynamicSubclassService:
         model_status: ServiceStatus,
         max_receive_message_length: int,
         max_send_message_length: int,
+        auth_token: str | None = None,
     ) -> None:
         self._code_directory = code_directory
+        self._auth_token = auth_token
         self._model_status = model_status
         self._max_receive = max_receive_message_length
         self._max_send = max_send_message_length
@@ -111,6 +114,12 @@ class DynamicSubclassService:
         request_type: type[Any],
         handle: Callable[[Any, float | None], Any],
     ) -> None:
+        if self._auth_token is not None:
+            header = stream.metadata.get("authorization") if stream.metadata else None
+            if not bearer_matches(header, self._auth_token):
+                raise GRPCError(GrpcStatus.UNAUTHENTICATED,
+                                "missing or wrong token: send metadata 'authorization: Bearer "
+                                "<token>' with this host's AUTH_TOKEN")
         if self.draining:
             raise GRPCError(GrpcStatus.UNAVAILABLE,
                             "the model host is shutting down; retry on another host")

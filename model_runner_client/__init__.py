@@ -1,5 +1,7 @@
 """Model Runner Client: call many remote models at once, each call with a deadline."""
 
+from model_runner.security import client_tls_context
+
 from .client import ModelRunnerClient, UnknownModelError
 from .encoding import ArgumentError
 from .events import EventKind, FailureReport, ModelEvent
@@ -23,4 +25,5 @@ __all__ = [
     "OrchestratorLink",
     "StaticModels",
     "UnknownModelError",
+    "client_tls_context",
 ]

@@ -53,6 +53,12 @@ _DEPARTED_KEPT = 10_000
 _CONNECTION_ERRORS = (OSError, TimeoutError, GRPCError, StreamTerminatedError, ProtocolError)
 
 
+def _is_credentials_error(exc: BaseException) -> bool:
+    if isinstance(exc, GRPCError):
+        return exc.status in (GrpcStatus.UNAUTHENTICATED, GrpcStatus.PERMISSION_DENIED)
+    return isinstance(exc, _ssl.SSLError)
+
+
 class UnknownModelError(KeyError):
     """`models=` named a model this client has never held."""
 
@@ -116,6 +122,7 @@ class ModelRunnerClient:
         on_failure: FailureCallback | None = None,
         on_event: EventCallback | None = None,
         ssl: _ssl.SSLContext | None = None,
+        auth_token: str | None = None,
         metadata: Mapping[str, str] | None = None,
         report_failure: bool = True,
         source: ModelSource | None = None,
@@ -146,7 +153,9 @@ class ModelRunnerClient:
         self._fanout = Fanout(max_concurrent_calls)
         self._on_failure = on_failure
         self._ssl = ssl
-        self._metadata = metadata
+        self._metadata = dict(metadata or {})
+        if auth_token:
+            self._metadata["authorization"] = f"Bearer {auth_token}"
         self._events = EventHub()
         if on_event is not None:
             self._events.add_callback(on_event)
@@ -346,6 +355,13 @@ class ModelRunnerClient:
                 code, message = await slot.connection.setup(self._setup_payload,
                                                              self.setup_timeout)
             except _CONNECTION_ERRORS as exc:
+                if _is_credentials_error(exc):
+                    # The coordinator's configuration (token, certificates), not the model.
+                    logger.error("Setup of %s refused our credentials (%s: %s); check "
+                                 "auth_token and the TLS settings", endpoint,
+                                 type(exc).__name__, exc)
+                    self._drop(slot, f"credentials refused: {exc}")
+                    return
                 if isinstance(exc, GRPCError) and exc.status is GrpcStatus.INTERNAL:
                     # How older hosts say the constructor raised: the model's fault, final.
                     self._drop(slot, f"Setup failed: gRPC INTERNAL: {exc.message}",
@@ -545,6 +561,8 @@ class ModelRunnerClient:
             verdict = streaks.failure(method)
             if kind is Kind.NEEDS_SETUP and verdict is None:
                 self._spawn(self._bring_up, slot)  # the host restarted and lost the instance
+        elif kind is Kind.REFUSED:
+            pass  # our credentials: not the model's fault
         elif kind in (Kind.TIMEOUT, Kind.UNREACHABLE):
             verdict = streaks.timeout(unreachable=kind is Kind.UNREACHABLE)
             if verdict is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ class Kind(Enum):
     UNREACHABLE = "unreachable"
     #: Not sent: the bound on calls in flight held it until the deadline.
     NOT_SENT = "not sent"
+    #: The host refused our credentials (token, certificate): the coordinator's configuration.
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,11 @@ class Fanout:
             except GRPCError as exc:
                 outcomes[index] = _from_grpc_error(sent, exc)
                 return
+            except ssl.SSLError as exc:
+                outcomes[index] = Outcome(
+                    CallStatus.FAILURE, Kind.REFUSED, latency_us=_since(sent),
+                    detail=f"TLS failed: {exc}; check the client's TLS settings")
+                return
             except (OSError, StreamTerminatedError, ProtocolError) as exc:
                 outcomes[index] = Outcome(
                     CallStatus.TIMEOUT, Kind.UNREACHABLE, latency_us=_since(sent),
@@ -169,6 +177,9 @@ def _from_grpc_error(sent: int, exc: GRPCError) -> Outcome:
     detail = f"gRPC {exc.status.name}: {exc.message or ''}".rstrip(": ")
     if exc.status in _TIMEOUT_STATUSES:
         return _late(sent, detail)
+    if exc.status in (GrpcStatus.UNAUTHENTICATED, GrpcStatus.PERMISSION_DENIED):
+        return Outcome(CallStatus.FAILURE, Kind.REFUSED, latency_us=_since(sent),
+                       detail=f"{detail}; check the client's auth_token / TLS settings")
     if exc.status is GrpcStatus.UNAVAILABLE:
         return Outcome(CallStatus.TIMEOUT, Kind.UNREACHABLE, latency_us=_since(sent),
                        detail=detail)
