@@ -117,6 +117,7 @@ class ModelRunnerClient:
         instance_args: Sequence[Any] = (),
         instance_kwargs: Mapping[str, Any] | None = None,
         max_concurrent_calls: int = 1000,
+        max_receive_message_length: int = 64 * 1024 * 1024,
         setup_timeout: float = 60.0,
         connect_attempts: int = 8,
         on_failure: FailureCallback | None = None,
@@ -151,6 +152,7 @@ class ModelRunnerClient:
                                                   report_failure=report_failure)
         self._source = source
         self._fanout = Fanout(max_concurrent_calls)
+        self.max_receive_message_length = max_receive_message_length
         self._on_failure = on_failure
         self._ssl = ssl
         self._metadata = dict(metadata or {})
@@ -257,7 +259,8 @@ class ModelRunnerClient:
             previous = self._departed.pop(endpoint.model_id, None)
             if previous is not None and previous.deployment_id == endpoint.deployment_id:
                 previous = None  # the same deployment coming back is a join, not a redeploy
-        connection = ModelConnection(endpoint, ssl=self._ssl, metadata=self._metadata)
+        connection = ModelConnection(endpoint, ssl=self._ssl, metadata=self._metadata,
+                                     max_receive_message_length=self.max_receive_message_length)
         slot = _Slot(endpoint, connection, Streaks(self.max_consecutive_failures,
                                                    self.max_consecutive_timeouts),
                      previous=previous)

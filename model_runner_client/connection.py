@@ -7,24 +7,30 @@ fan-out encodes its request once and the caller decides how to read the answer.
 from __future__ import annotations
 
 import ssl as _ssl
+import struct
 from collections.abc import Mapping
 
-from grpclib.client import Channel
+from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality
 from grpclib.const import Status as GrpcStatus
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, ProtocolError
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.metadata import Deadline
 
+from model_runner.host import DEFAULT_MAX_MESSAGE_LENGTH
 from model_runner.wire import CALL_PATH, SETUP_PATH, SetupResponse
 from model_runner.wire.codec import PassthroughCodec
 
 from .models import ModelEndpoint
 
-__all__ = ["ModelConnection"]
+__all__ = ["ModelConnection", "ResponseTooLarge"]
 
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 _CODEC = PassthroughCodec()
+
+
+class ResponseTooLarge(Exception):
+    """The answer's length prefix is over the client's limit; it was not read."""
 
 
 class ModelConnection:
@@ -34,8 +40,10 @@ class ModelConnection:
         *,
         ssl: _ssl.SSLContext | None = None,
         metadata: Mapping[str, str] | None = None,
+        max_receive_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
     ) -> None:
         self.endpoint = endpoint
+        self.max_receive_message_length = max_receive_message_length
         self._ssl = ssl
         self._metadata = dict(metadata or {})
         self._channel = self._new_channel()
@@ -49,7 +57,7 @@ class ModelConnection:
                                        deadline=deadline, metadata=self._metadata or None)
         async with stream:
             await stream.send_message(payload, end=True)
-            reply = await stream.recv_message()
+            reply = await _recv_limited(stream, self.max_receive_message_length)
         if reply is None:
             raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
         return reply
@@ -77,3 +85,27 @@ class ModelConnection:
 
     def close(self) -> None:
         self._channel.close()
+
+
+async def _recv_limited(stream: Stream[bytes, bytes], limit: int) -> bytes | None:
+    """grpclib's `recv_message`, but refusing an answer from its length prefix when it is over
+    `limit`: grpclib has no size limit and would buffer whatever the prefix claims. Uses the
+    client stream's internals (grpclib is pinned to 0.4.x)."""
+    if not stream._recv_initial_metadata_done:
+        await stream.recv_initial_metadata()
+    with stream._wrapper:  # grpclib's deadline handling for this stream
+        prefix = await stream._stream.recv_data(5)
+        if not prefix:
+            return None
+        if len(prefix) < 5:
+            raise ProtocolError("the answer was cut short inside its length prefix")
+        compressed, length = struct.unpack(">?I", prefix)
+        if compressed:
+            raise ProtocolError("the answer is compressed, which is not supported")
+        if length > limit:
+            raise ResponseTooLarge(f"the answer is {length} bytes, over the client's "
+                                   f"max_receive_message_length of {limit} bytes")
+        data = await stream._stream.recv_data(length)
+        if len(data) != length:
+            raise ProtocolError(f"the answer was cut short: {len(data)} of {length} bytes")
+        return data

@@ -31,7 +31,7 @@ from grpclib.metadata import Deadline
 from model_runner.wire import CALL_PATH, StatusCode, VariantError
 from model_runner.wire.lean import parse_call_response
 
-from .connection import ModelConnection
+from .connection import ModelConnection, ResponseTooLarge
 from .encoding import ResultDecoder
 from .results import CallStatus
 
@@ -122,6 +122,10 @@ class Fanout:
                 return
             except GRPCError as exc:
                 outcomes[index] = _from_grpc_error(sent, exc)
+                return
+            except ResponseTooLarge as exc:
+                outcomes[index] = Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE,
+                                          latency_us=_since(sent), detail=str(exc))
                 return
             except ssl.SSLError as exc:
                 outcomes[index] = Outcome(

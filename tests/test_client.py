@@ -370,3 +370,13 @@ async def test_close_leaves_no_task_or_socket(good_host: HostProcess,
     assert len(asyncio.all_tasks()) == before_tasks
     assert open_fds() <= before_fds
     await client.close()  # twice is fine
+
+
+async def test_a_response_over_the_client_limit_is_a_failure(toolbox_host: HostProcess) -> None:
+    async with make_client([endpoint(toolbox_host, "tool")],
+                           max_receive_message_length=100_000) as client:
+        await client.wait_for_models(1, timeout=20)
+        results = await client.call("big", 5_000_000)
+        assert results["tool"].status is CallStatus.FAILURE
+        assert "over the client's max_receive_message_length" in results["tool"].detail
+        assert (await client.call("big", 1000))["tool"].output == "x" * 1000  # still usable
