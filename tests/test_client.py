@@ -380,3 +380,30 @@ async def test_a_response_over_the_client_limit_is_a_failure(toolbox_host: HostP
         assert results["tool"].status is CallStatus.FAILURE
         assert "over the client's max_receive_message_length" in results["tool"].detail
         assert (await client.call("big", 1000))["tool"].output == "x" * 1000  # still usable
+
+
+async def test_sigterm_to_a_host_during_a_tick(good_host: HostProcess) -> None:
+    """The tick in flight gets its answer from the draining host; later ticks get clean
+    statuses, and nothing is reported for a host that stopped on purpose."""
+    stopping = HostProcess(TEST_SUBMISSIONS / "toolbox", "--grace-period", "5").start()
+    reports: list[FailureReport] = []
+    try:
+        async with make_client([endpoint(stopping, "stopping"), endpoint(good_host, "good")],
+                               timeout=3.0, on_failure=reports.append) as client:
+            await client.wait_for_models(2, timeout=20)
+            tick = asyncio.ensure_future(client.call(
+                "sleep", per_model=lambda m: ([0.8] if m.model_id == "stopping" else [0.0],
+                                              None)))
+            await asyncio.sleep(0.3)
+            stopping.signal()
+            results = await tick
+            assert results["stopping"].status is CallStatus.SUCCESS
+            assert results["stopping"].output == 0.8
+            assert await asyncio.to_thread(stopping.wait, 10) == 0
+            results = await client.call("predict", "BTC", 1)
+            assert results["good"].ok
+            assert results["stopping"].status is CallStatus.TIMEOUT
+            assert results["stopping"].detail.startswith(("unreachable", "gRPC UNAVAILABLE"))
+    finally:
+        stopping.stop()
+    assert reports == []
