@@ -46,6 +46,9 @@ __all__ = ["LocalOrchestrator", "ModelSpec", "load_config"]
 
 logger = logging.getLogger(__name__)
 
+#: A host up this long (seconds) before dying is restarted as if for the first time.
+_STABLE_AFTER = 10.0
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -55,6 +58,8 @@ class ModelSpec:
     cruncher: str = ""
     #: Extra command-line options for this model's host.
     host_args: tuple[str, ...] = ()
+    #: Extra environment variables for this model's host.
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -209,8 +214,11 @@ class LocalOrchestrator:
 
     async def _supervise(self, model: _Model) -> None:
         while not model.failed:
+            started = anyio.current_time()
             with model.scope:
                 await self._run_once(model)
+            if anyio.current_time() - started > _STABLE_AFTER:
+                model.restarts = 0  # it ran fine for a while: not a crash loop
             if model.failed:
                 break
             if model.state == "REDEPLOYING":
@@ -226,7 +234,7 @@ class LocalOrchestrator:
     def _new_host(self, model: _Model) -> ModelHostProcess:
         return ModelHostProcess(model.spec.code_directory,
                                 [*self.host_args, *model.spec.host_args],
-                                python_path=self.python_path)
+                                python_path=self.python_path, env=dict(model.spec.env))
 
     async def _start_host(self, host: ModelHostProcess) -> None:
         """Spawn and wait until it listens and its health is SERVING (RuntimeError if not)."""
