@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import resource
 import ssl as _ssl
 from collections.abc import (
     AsyncIterator,
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 FailureCallback = Callable[[FailureReport], Awaitable[None] | None]
 PerModel = Callable[[ModelEndpoint], tuple[Sequence[Any], Mapping[str, Any] | None]]
+#: File descriptors left for everything but model connections before the client warns.
+_FD_HEADROOM = 64
 #: Departed models remembered, so results for them can still carry their metadata.
 _DEPARTED_KEPT = 10_000
 _CONNECTION_ERRORS = (OSError, TimeoutError, GRPCError, StreamTerminatedError, ProtocolError)
@@ -168,6 +171,7 @@ class ModelRunnerClient:
         self._stack: AsyncExitStack | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
+        self._fd_warned = False
 
     @classmethod
     def from_addresses(
@@ -265,8 +269,22 @@ class ModelRunnerClient:
                                                    self.max_consecutive_timeouts),
                      previous=previous)
         self._slots[endpoint.model_id] = slot
+        self._check_descriptors()
         self._spawn(self._bring_up, slot)
         self._notify()
+
+    def _check_descriptors(self) -> None:
+        """Warn once when the models (one connection each) near the open-file limit."""
+        if self._fd_warned:
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and len(self._slots) + _FD_HEADROOM > soft:
+            self._fd_warned = True
+            logger.warning(
+                "%d models need as many open connections, near this process's limit of %d "
+                "open files (hard limit %s); raise it with `ulimit -n` or "
+                "resource.setrlimit(resource.RLIMIT_NOFILE, ...) before starting the client",
+                len(self._slots), soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
 
     def model_ids(self) -> set[str]:
         """Every model held, ready or still being set up."""

@@ -422,3 +422,18 @@ async def test_connections_keep_a_bounded_record_of_closed_streams(
         channel = client._slots["good"].connection._channel
         closed = channel._protocol.connection._connection._closed_streams
         assert len(closed) <= CLOSED_STREAMS_KEPT
+
+
+async def test_warns_when_models_near_the_open_file_limit(
+    good_host: HostProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+    try:
+        async with make_client([endpoint(good_host, f"m{i}") for i in range(150)]) as client:
+            await client.wait_for_models(150, timeout=60)
+        assert caplog.text.count("near this process's limit of 200 open files") == 1
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
