@@ -7,6 +7,7 @@ every connection, so no task or socket outlives the client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import resource
@@ -17,12 +18,10 @@ from collections.abc import (
     Callable,
     Coroutine,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -62,6 +61,16 @@ def _is_credentials_error(exc: BaseException) -> bool:
     return isinstance(exc, _ssl.SSLError)
 
 
+async def _guarded(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+    """Run background work so that a failure is logged, never propagated: the client's task
+    group is entered by the coordinator's own task, which an escaping error would cancel."""
+    try:
+        await fn(*args)
+    except Exception:
+        logger.exception("background task %s failed; the client carries on",
+                         getattr(fn, "__name__", fn))
+
+
 class UnknownModelError(KeyError):
     """`models=` named a model this client has never held."""
 
@@ -82,20 +91,6 @@ class _Slot:
     gone: bool = False
     probing: bool = False
     setting_up: bool = False
-    #: Cancel scopes of its running background tasks, cancelled when the slot is discarded.
-    scopes: set[anyio.CancelScope] = field(default_factory=set)
-
-    @contextmanager
-    def owned(self) -> Iterator[None]:
-        """Run a background task for this slot: cancelled when the slot goes."""
-        with anyio.CancelScope() as scope:
-            if self.gone:
-                scope.cancel()
-            self.scopes.add(scope)
-            try:
-                yield
-            finally:
-                self.scopes.discard(scope)
 
 
 class ModelRunnerClient:
@@ -168,7 +163,8 @@ class ModelRunnerClient:
         self._departed: dict[str, ModelEndpoint] = {}
         self._reported: set[tuple[str, str]] = set()
         self._changed = anyio.Event()
-        self._stack: AsyncExitStack | None = None
+        self._started = False
+        self._runner: asyncio.Task[None] | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
         self._fd_warned = False
@@ -190,26 +186,29 @@ class ModelRunnerClient:
 
     async def start(self) -> None:
         """Start the model source and background work (what `async with` does)."""
-        if self._stack is not None:
+        if self._started:
             raise RuntimeError("the client is already started")
         if self._closed:
             raise RuntimeError("the client is closed; create a new one")
-        stack = AsyncExitStack()
-        self._group = await stack.enter_async_context(anyio.create_task_group())
-        self._stack = stack
-        self._group.start_soon(self._run_source)
+        started = anyio.Event()
+        # The background task group lives in a task of its own, owned here and awaited by
+        # close(): nothing that happens in it can cancel or fail the coordinator's task.
+        self._runner = asyncio.get_running_loop().create_task(self._run_background(started),
+                                                              name="model-runner-client")
+        await started.wait()
+        self._started = True
 
     async def close(self) -> None:
         """Cancel background work and close every connection. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
-        stack, self._stack = self._stack, None
+        self._started = False
         if self._group is not None:
             self._group.cancel_scope.cancel()
         try:
-            if stack is not None:
-                await stack.aclose()
+            if self._runner is not None:
+                await asyncio.wait([self._runner])  # finishes once its group is cancelled
         finally:
             for slot in self._slots.values():
                 slot.gone = True
@@ -225,6 +224,13 @@ class ModelRunnerClient:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
+
+    async def _run_background(self, started: anyio.Event) -> None:
+        async with anyio.create_task_group() as group:
+            self._group = group
+            group.start_soon(_guarded, self._run_source)
+            started.set()
+            await anyio.sleep_forever()
 
     async def _run_source(self) -> None:
         try:
@@ -305,8 +311,8 @@ class ModelRunnerClient:
 
     def _discard(self, slot: _Slot) -> None:
         slot.gone = True
-        for scope in list(slot.scopes):
-            scope.cancel()
+        # Closing the connection ends its pending Setup or probe at once (they then see `gone`);
+        # no cancel scope reaches into grpclib, whose stream resets swallow cancellations.
         slot.connection.close()
         if self._slots.get(slot.endpoint.model_id) is slot:
             del self._slots[slot.endpoint.model_id]
@@ -350,7 +356,11 @@ class ModelRunnerClient:
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         if self._group is None or self._closed:
             return
-        self._group.start_soon(fn, *args)
+        try:
+            self._group.start_soon(_guarded, fn, *args, name=getattr(fn, "__name__", None))
+        except RuntimeError:  # the background group ended: only close() does that
+            logger.error("the client's background work has stopped; %s not run",
+                         getattr(fn, "__name__", fn))
 
     def _notify(self) -> None:
         self._changed.set()
@@ -364,18 +374,21 @@ class ModelRunnerClient:
             return
         slot.setting_up = True
         try:
-            with slot.owned():
-                await self._setup_with_retries(slot)
+            await self._setup_with_retries(slot)
         finally:
             slot.setting_up = False
 
     async def _setup_with_retries(self, slot: _Slot) -> None:
         endpoint = slot.endpoint
         for attempt in range(1, self.connect_attempts + 1):
+            if slot.gone:
+                return
             try:
                 code, message = await slot.connection.setup(self._setup_payload,
                                                              self.setup_timeout)
             except _CONNECTION_ERRORS as exc:
+                if slot.gone:
+                    return  # discarded while connecting: its connection was closed
                 if _is_credentials_error(exc):
                     # The coordinator's configuration (token, certificates), not the model.
                     logger.error("Setup of %s refused our credentials (%s: %s); check "
@@ -423,17 +436,18 @@ class ModelRunnerClient:
             return
         slot.probing = True
         try:
-            with slot.owned():
-                try:
-                    status = await slot.connection.health(SERVICE_NAME,
-                                                          min(max(self.timeout, 1.0), 5.0))
-                except _CONNECTION_ERRORS as exc:
-                    logger.info("health probe of %s failed (%s: %s); reconnecting",
-                                slot.endpoint, type(exc).__name__, exc)
-                    slot.connection.reconnect()
-                    status = None
-                if status != HealthCheckResponse.SERVING:
-                    await self._setup_with_retries(slot)  # Setup is a no-op if the model exists
+            try:
+                status = await slot.connection.health(SERVICE_NAME,
+                                                      min(max(self.timeout, 1.0), 5.0))
+            except _CONNECTION_ERRORS as exc:
+                if slot.gone:
+                    return
+                logger.info("health probe of %s failed (%s: %s); reconnecting",
+                            slot.endpoint, type(exc).__name__, exc)
+                slot.connection.reconnect()
+                status = None
+            if status != HealthCheckResponse.SERVING:
+                await self._setup_with_retries(slot)  # Setup is a no-op if the model exists
         finally:
             slot.probing = False
 
@@ -597,6 +611,6 @@ class ModelRunnerClient:
             self._drop(slot, reason, verdict)
 
     def _require_started(self) -> None:
-        if self._stack is None:
+        if not self._started:
             raise RuntimeError("the client is not started: use `async with client:` "
                                "or `await client.start()` first")
