@@ -77,6 +77,7 @@ class _Model:
     restarts: int = 0
     failed: bool = False
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    redeploying: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
     def deployment_id(self) -> str:
@@ -144,8 +145,9 @@ class LocalOrchestrator:
             await self._group.__aexit__(None, None, None)
         finally:
             for model in self.models.values():
-                if model.host is not None:
-                    model.host.stop()
+                for host in (model.host, model.adopted):
+                    if host is not None:
+                        host.stop()
             self._server.close()
             await self._server.wait_closed()
 
@@ -254,6 +256,9 @@ class LocalOrchestrator:
                 logger.error("model %s did not start: %s", model.spec.id, str(exc)[-500:])
                 host.stop()
                 return
+            except BaseException:
+                host.stop()  # cancelled while starting (a redeploy, or shutdown): no orphan
+                raise
             await self.broadcast([model.entry("RUNNING")])
             logger.info("model %s RUNNING on port %d", model.deployment_id, host.port)
         self._set_state(model, "RUNNING")
@@ -301,8 +306,16 @@ class LocalOrchestrator:
         """A new deployment of the model: its RUNNING is announced before the old STOPPED,
         as the real orchestrator often does."""
         model = self.models[model_id]
+        async with model.redeploying:  # one redeploy of a model at a time
+            await self._redeploy(model)
+
+    async def _redeploy(self, model: _Model) -> None:
         new_host = self._new_host(model)
-        await self._start_host(new_host)
+        try:
+            await self._start_host(new_host)
+        except BaseException:
+            new_host.stop()
+            raise
         old, old_host = model.entry("STOPPED"), model.host
         model.deployment += 1
         model.host = model.adopted = new_host
