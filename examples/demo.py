@@ -44,17 +44,19 @@ def lineup(good: int) -> list[tuple[str, Path]]:
 
 def render(board: Board, title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("model", "status", "latency ms", "last output / detail", "ok", "fail",
-                   "timeout", "mean |error|"):
-        table.add_column(column, overflow="fold", max_width=48 if "output" in column else None)
+    for column, width in (("model", 11), ("status", 7), ("ms", 6), ("ok", 3), ("fail", 4),
+                          ("t/o", 3), ("|error|", 7)):
+        table.add_column(column, no_wrap=True, min_width=width,
+                         justify="left" if column in ("model", "status") else "right")
+    table.add_column("last output / detail", no_wrap=True, overflow="ellipsis", max_width=34)
     colors = {"SUCCESS": "green", "FAILURE": "red", "TIMEOUT": "yellow"}
     for stats in sorted(board.stats.values(), key=lambda s: s.model_id):
         status = "LEFT" if stats.left else stats.last_status
         shown = stats.last_output or stats.last_detail or stats.left
         table.add_row(stats.model_id, f"[{colors.get(status, 'dim')}]{status}[/]",
-                      f"{stats.last_latency_us / 1000:.1f}", shown, str(stats.successes),
+                      f"{stats.last_latency_us / 1000:.1f}", str(stats.successes),
                       str(stats.failures), str(stats.timeouts),
-                      "-" if math.isnan(stats.mean_error) else f"{stats.mean_error:.1f}")
+                      "-" if math.isnan(stats.mean_error) else f"{stats.mean_error:.1f}", shown)
     return table
 
 

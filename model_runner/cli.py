@@ -164,16 +164,18 @@ def _tls_paths(cert: str | None, key: str | None,
 
 async def _serve(config: HostConfig) -> None:
     host = ModelHost(config)
+
+    def announce() -> None:
+        # Announced whatever the log level: launchers read the bound port from this line.
+        logger.log(max(logging.INFO, logger.getEffectiveLevel()), "model host serving %s on %s",
+                   config.code_directory, host.address)
+
     try:
-        await host.start()
+        await host.serve_until_signalled(on_ready=announce)
     except OSError as exc:
         where = config.path or f"{config.host or '*'}:{config.port}"
         raise UsageError(f"cannot listen on {where}: {exc.strerror or exc}; "
                          "choose another --address") from None
-    # Announced whatever the log level: launchers read the bound port from this line.
-    logger.log(max(logging.INFO, logger.getEffectiveLevel()), "model host serving %s on %s",
-               config.code_directory, host.address)
-    await host.serve_until_signalled()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,13 +111,20 @@ class ModelHost:
         self.service.runner.close()
         logger.info("model host stopped")
 
-    async def serve_until_signalled(self) -> None:
-        """Serve until SIGTERM or SIGINT, then drain."""
+    async def serve_until_signalled(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Start, serve until SIGTERM or SIGINT, then drain.
+
+        The signal handlers are in place before the host starts (and before `on_ready` announces
+        it), so a launcher that signals as soon as it sees the announcement gets a drain.
+        """
         loop = asyncio.get_running_loop()
         signalled = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, signalled.set)
         try:
+            await self.start()
+            if on_ready is not None:
+                on_ready()
             await signalled.wait()
             logger.info("signal received: draining (grace period %.1fs)", self.config.grace_period)
             await self.drain()

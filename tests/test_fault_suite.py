@@ -109,6 +109,7 @@ async def test_a_third_of_100_models_faulty() -> None:
             assert codes.get(f"{kind}-{i}") in (None, "CONNECTION_FAILED", "MULTIPLE_TIMEOUT")
     for i in range(FAULTS["sometimes"]):
         statuses = Counter(r.status for r in history[f"sometimes-{i}"])
-        assert statuses[CallStatus.SUCCESS] >= 4 and statuses[CallStatus.TIMEOUT] >= 1
+        # A call after the slow one may queue behind it, so counts vary with timing.
+        assert statuses[CallStatus.SUCCESS] >= 2 and statuses[CallStatus.TIMEOUT] >= 1
         assert f"sometimes-{i}" not in codes  # slow now and then is not disconnected
     assert not any(m.startswith("good-") for m in codes)
