@@ -122,6 +122,7 @@ class LocalOrchestrator:
         self._server: Server | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._changed = anyio.Event()
+        self._spawned: set[ModelHostProcess] = set()
         self.port = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -144,10 +145,8 @@ class LocalOrchestrator:
         try:
             await self._group.__aexit__(None, None, None)
         finally:
-            for model in self.models.values():
-                for host in (model.host, model.adopted):
-                    if host is not None:
-                        host.stop()
+            for host in self._spawned:
+                host.stop()
             self._server.close()
             await self._server.wait_closed()
 
@@ -223,9 +222,8 @@ class LocalOrchestrator:
                 model.restarts = 0  # it ran fine for a while: not a crash loop
             if model.failed:
                 break
-            if model.state == "REDEPLOYING":
-                model.scope = anyio.CancelScope()
-                continue
+            if model.adopted is not None:
+                continue  # redeploy() handed over a new host: not a restart
             model.restarts += 1
             if model.restarts > self.max_restarts:
                 break
@@ -234,9 +232,14 @@ class LocalOrchestrator:
         await self._stop(model)
 
     def _new_host(self, model: _Model) -> ModelHostProcess:
-        return ModelHostProcess(model.spec.code_directory,
+        host = ModelHostProcess(model.spec.code_directory,
                                 [*self.host_args, *model.spec.host_args],
                                 python_path=self.python_path, env=dict(model.spec.env))
+        # Every host spawned is kept until it exits, and all are stopped on exit: whatever
+        # interleaving of crashes, restarts and redeploys, none outlives the orchestrator.
+        self._spawned = {h for h in self._spawned if h.proc is None or h.proc.poll() is None}
+        self._spawned.add(host)
+        return host
 
     async def _start_host(self, host: ModelHostProcess) -> None:
         """Spawn and wait until it listens and its health is SERVING (RuntimeError if not)."""
@@ -257,13 +260,18 @@ class LocalOrchestrator:
                 host.stop()
                 return
             except BaseException:
-                host.stop()  # cancelled while starting (a redeploy, or shutdown): no orphan
+                host.stop()  # cancelled while starting (a report, or shutdown): no orphan
                 raise
+            if host is not model.host:
+                host.stop()  # a redeploy replaced this restart while it started
+                return
             await self.broadcast([model.entry("RUNNING")])
             logger.info("model %s RUNNING on port %d", model.deployment_id, host.port)
         self._set_state(model, "RUNNING")
-        while host.proc is not None and host.proc.poll() is None:  # noqa: ASYNC110 - a child
-            await anyio.sleep(0.1)  # process offers no awaitable exit without a blocked thread
+        while host is model.host and host.proc is not None and host.proc.poll() is None:  # noqa: ASYNC110
+            await anyio.sleep(0.1)  # a child process offers no awaitable exit
+        if host is not model.host:
+            return  # replaced by redeploy(), which stops it; the supervisor adopts the new one
         logger.warning("model host %s exited with %s; recovering", model.deployment_id,
                        host.proc.returncode if host.proc else None)
         self._set_state(model, "RECOVERING")
@@ -274,12 +282,14 @@ class LocalOrchestrator:
         try:
             with anyio.fail_after(30):
                 while True:
+                    if host.proc is not None and host.proc.poll() is not None:
+                        raise RuntimeError(f"exited with {host.proc.returncode} before SERVING")
                     try:
                         reply = await HealthStub(channel).Check(HealthCheckRequest(), timeout=2)
                         if reply is not None and reply.status == HealthCheckResponse.SERVING:
                             return
-                    except (OSError, TimeoutError):
-                        pass
+                    except Exception as exc:  # not serving yet, whatever the transport says
+                        logger.debug("health check of port %d: %r", host.port, exc)
                     await anyio.sleep(0.05)
         except TimeoutError:
             raise RuntimeError("health never turned SERVING within 30s") from None
@@ -295,8 +305,9 @@ class LocalOrchestrator:
         with anyio.CancelScope(shield=True):
             previous = model.state
             self._set_state(model, "STOPPED")
-            if model.host is not None:
-                model.host.stop()
+            for host in (model.host, model.adopted):
+                if host is not None:
+                    host.stop()
             if previous != "STOPPED":
                 await self.broadcast([model.entry()])
 
@@ -318,9 +329,8 @@ class LocalOrchestrator:
             raise
         old, old_host = model.entry("STOPPED"), model.host
         model.deployment += 1
+        # The supervisor sees the swap, stops watching the old host and adopts this one.
         model.host = model.adopted = new_host
-        model.state = "REDEPLOYING"
-        model.scope.cancel()  # the supervisor adopts the new host without counting a restart
         await self.broadcast([model.entry("RUNNING")])
         await self.broadcast([old])
         if old_host is not None:

@@ -137,6 +137,14 @@ class Fanout:
                     CallStatus.TIMEOUT, Kind.UNREACHABLE, latency_us=_since(sent),
                     detail=f"unreachable: {type(exc).__name__}: {exc}")
                 return
+            except Exception as exc:
+                # grpclib raises odd errors on a connection closed under a call (e.g. when the
+                # model was replaced mid-call); nothing a transport does escapes `call`.
+                logger.debug("call to %s ended by %r", job.connection.endpoint, exc)
+                outcomes[index] = Outcome(
+                    CallStatus.TIMEOUT, Kind.UNREACHABLE, latency_us=_since(sent),
+                    detail=f"connection lost: {type(exc).__name__}: {exc}")
+                return
             latency = _since(sent)
         try:
             outcomes[index] = read_answer(raw, latency, decoder)
