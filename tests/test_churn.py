@@ -1,0 +1,52 @@
+"""Calls under churn: hosts killed and models redeployed at random while the client ticks.
+
+Regression test for three bugs churn found: a cancellation escaping into `client.call`, a model
+missing from the client while the orchestrator had it RUNNING, and orphaned host processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec
+from model_runner_client import ModelRunnerClient
+from tests.hosts import BASE, EXAMPLES, SUBMISSIONS
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_no_call_fails_and_no_model_is_lost_under_churn(seed: int) -> None:
+    rng = random.Random(seed)
+    specs = [ModelSpec(SUBMISSIONS / "good_tracker", f"m{i}") for i in range(7)]
+    async with LocalOrchestrator("churn", specs, python_path=[EXAMPLES],
+                                 max_restarts=1000) as orchestrator:
+        await orchestrator.wait_running(timeout=60)
+        client = ModelRunnerClient("churn", "127.0.0.1", orchestrator.port, base_classname=BASE,
+                                   timeout=2.0, max_consecutive_failures=1000,
+                                   max_consecutive_timeouts=1000)
+        async with client:
+            await client.wait_for_models(7, timeout=60)
+            churn = []
+            ticks = 0
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                results = await client.call("predict", "BTC", 2)  # must never raise
+                assert all(r.ok or r.detail for r in results)
+                ticks += 1
+                if ticks % 6 == 0:
+                    victim = f"m{rng.randrange(1, 7)}"
+                    if rng.random() < 0.5:
+                        churn.append(asyncio.ensure_future(orchestrator.redeploy(victim)))
+                    else:
+                        orchestrator.kill(victim)
+            await asyncio.gather(*churn)
+            await orchestrator.wait_running(timeout=60)
+            await client.wait_for_models(7, timeout=60)  # every model back in the client
+            assert (await client.call("predict", "BTC", 2)).counts()
+        spawned = list(orchestrator._spawned)
+    assert spawned and all(h.proc is not None and h.proc.poll() is not None for h in spawned)
