@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -17,29 +19,19 @@ def anyio_backend() -> str:
     return "asyncio"  # grpclib is asyncio-only
 
 
-@pytest.fixture(scope="module")
-def toolbox_host() -> Iterator[HostProcess]:
-    host = HostProcess(TEST_SUBMISSIONS / "toolbox").start()
-    yield host
-    host.stop()
+def _module_host(code_directory: Path) -> Any:
+    """A model host serving `code_directory`, shared by the tests of a module."""
+
+    @pytest.fixture(scope="module")
+    def host() -> Iterator[HostProcess]:
+        process = HostProcess(code_directory).start()
+        yield process
+        process.stop()
+
+    return host
 
 
-@pytest.fixture(scope="module")
-def good_host() -> Iterator[HostProcess]:
-    host = HostProcess(SUBMISSIONS / "good_tracker").start()
-    yield host
-    host.stop()
-
-
-@pytest.fixture(scope="module")
-def raising_host() -> Iterator[HostProcess]:
-    host = HostProcess(SUBMISSIONS / "raising_tracker").start()
-    yield host
-    host.stop()
-
-
-@pytest.fixture(scope="module")
-def bad_host() -> Iterator[HostProcess]:
-    host = HostProcess(SUBMISSIONS / "no_subclass").start()
-    yield host
-    host.stop()
+toolbox_host = _module_host(TEST_SUBMISSIONS / "toolbox")
+good_host = _module_host(SUBMISSIONS / "good_tracker")
+raising_host = _module_host(SUBMISSIONS / "raising_tracker")
+bad_host = _module_host(SUBMISSIONS / "no_subclass")

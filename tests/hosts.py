@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,12 @@ async def ok(stub: DynamicSubclassServiceStub, method: str, *args: Any, **kwargs
     code, message, value = await call(stub, method, *args, **kwargs)
     assert code == StatusCode.SUCCESS, message
     return value
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    """Wait until `predicate()` is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)

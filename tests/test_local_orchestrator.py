@@ -5,25 +5,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec, load_config
 from model_runner_client import EventKind, ModelEvent, ModelRunnerClient
-from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, TEST_SUBMISSIONS
+from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, TEST_SUBMISSIONS, until
 
 pytestmark = pytest.mark.anyio
-
-
-async def until(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_hosts_join_recover_redeploy_and_stop_on_report() -> None:
@@ -44,7 +34,7 @@ async def test_hosts_join_recover_redeploy_and_stop_on_report() -> None:
             old_port = orchestrator.models["tool"].host.port  # type: ignore[union-attr]
             orchestrator.kill("tool")
             await until(lambda: any(e.kind is EventKind.LEFT and e.model.model_id == "tool"
-                                    for e in events))
+                                    for e in events), timeout=20)
             await until(lambda: "tool" in {m.model_id for m in client.models}, timeout=30)
             tool = next(m for m in client.models if m.model_id == "tool")
             assert tool.port != old_port and tool.deployment_id == "tool-d1"
@@ -52,14 +42,14 @@ async def test_hosts_join_recover_redeploy_and_stop_on_report() -> None:
 
             # A redeploy: the new deployment's RUNNING comes before the old one's STOPPED.
             await orchestrator.redeploy("good")
-            await until(lambda: any(e.kind is EventKind.REDEPLOYED for e in events))
+            await until(lambda: any(e.kind is EventKind.REDEPLOYED for e in events), timeout=20)
             good = next(m for m in client.models if m.model_id == "good")
             assert good.deployment_id == "good-d2"
             assert (await client.call("predict", "BTC", 1, models=["good"]))["good"].ok
 
             # A model reported as failed is stopped for good.
             await client.call("predict", "BTC", 1, models=["raising"])
-            await until(lambda: orchestrator.models["raising"].state == "STOPPED")
+            await until(lambda: orchestrator.models["raising"].state == "STOPPED", timeout=20)
             assert [r["failure_code"] for r in orchestrator.reports] == ["MULTIPLE_FAILED"]
             await asyncio.sleep(0.3)
             assert "raising" not in {m.model_id for m in client.models}

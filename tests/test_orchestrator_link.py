@@ -15,7 +15,7 @@ from websockets.asyncio.server import ServerConnection
 
 from model_runner_client import CallStatus, EventKind, ModelEvent, ModelRunnerClient
 from model_runner_client.orchestrator import parse_entry
-from tests.hosts import BASE, TEST_SUBMISSIONS, HostProcess
+from tests.hosts import BASE, TEST_SUBMISSIONS, HostProcess, until
 
 pytestmark = pytest.mark.anyio
 
@@ -81,14 +81,6 @@ def client_for(peer: Peer, events: list[ModelEvent] | None = None,
     assert client.link is not None
     client.link.backoff_initial = 0.05  # reconnect fast in tests
     return client
-
-
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def ids(client: ModelRunnerClient) -> set[str]:
