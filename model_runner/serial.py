@@ -37,26 +37,16 @@ class SerialRunner:
         # A daemon thread: a model stuck in a C loop must not keep the process alive after drain.
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
-        self._busy_since: float | None = None
-
-    @property
-    def busy_for(self) -> float:
-        """Seconds the model's code has been running for (0 when idle)."""
-        since = self._busy_since
-        return 0.0 if since is None else time.monotonic() - since
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             fn, future, loop = job
-            self._busy_since = time.monotonic()
             try:
                 result: Any = fn()
             except BaseException as exc:  # reported to the caller, never kills the thread
                 loop.call_soon_threadsafe(_settle, future, None, exc)
             else:
                 loop.call_soon_threadsafe(_settle, future, result, None)
-            finally:
-                self._busy_since = None
 
     async def run_sync(self, fn: Callable[[], T], *, expires_at: float | None = None) -> T:
         """Run `fn` on the model thread when its turn comes (`expires_at`: time.monotonic())."""

@@ -210,10 +210,8 @@ class ModelRunnerClient:
             if self._runner is not None:
                 await asyncio.wait([self._runner])  # finishes once its group is cancelled
         finally:
-            for slot in self._slots.values():
-                slot.gone = True
-                slot.connection.close()
-            self._slots.clear()
+            for slot in list(self._slots.values()):
+                self._discard(slot)
             self._events.close()
             self._notify()
 

@@ -21,7 +21,7 @@ from grpclib.metadata import Deadline
 from grpclib.protocol import H2Protocol
 
 from model_runner.host import DEFAULT_MAX_MESSAGE_LENGTH
-from model_runner.wire import CALL_PATH, SETUP_PATH, SetupResponse
+from model_runner.wire import SETUP_PATH, SetupResponse
 from model_runner.wire.codec import PassthroughCodec
 
 from .models import ModelEndpoint
@@ -85,9 +85,6 @@ class ModelConnection:
         if reply is None:
             raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
         return reply
-
-    async def call(self, payload: bytes, deadline: Deadline | None) -> bytes:
-        return await self.unary(CALL_PATH, payload, deadline)
 
     async def setup(self, payload: bytes, timeout: float) -> tuple[str, str]:
         """Run Setup; returns (Status.code, Status.message)."""

@@ -99,7 +99,6 @@ class OrchestratorLink:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.open_timeout = open_timeout
-        self.connected = anyio.Event()
         self.connections = 0
         self._ws: ClientConnection | None = None
         self._outbox: deque[dict[str, Any]] = deque()
@@ -146,7 +145,6 @@ class OrchestratorLink:
                     attempt = 0
                     self.connections += 1
                     self._ws = ws
-                    self.connected.set()
                     await self._flush()
                     async for frame in ws:
                         self.handle(frame, registry)
@@ -156,7 +154,6 @@ class OrchestratorLink:
                                type(exc).__name__, exc)
             finally:
                 self._ws = None
-                self.connected = anyio.Event()
             delay = min(self.backoff_max, self.backoff_initial * 2 ** attempt)
             attempt = min(attempt + 1, 30)
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
