@@ -14,8 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .host import DEFAULT_MAX_MESSAGE_LENGTH, HostConfig, ModelHost
-from .security import server_tls_context
+from .host import DEFAULT_MAX_MESSAGE_LENGTH, HostConfig, ModelHost, call_guard
+from .security import DelegationHeaders, server_tls_context
+from .wire.auth import AuthError
 
 __all__ = ["main", "parse_address"]
 
@@ -61,6 +62,30 @@ def _positive_int(name: str, value: str) -> int:
     return number
 
 
+#: The words click (crunch-model-runner's CLI library) takes as booleans, in any case.
+_TRUE_WORDS = {"1", "true", "t", "yes", "y", "on"}
+_FALSE_WORDS = {"0", "false", "f", "no", "n", "off"}
+
+
+def _boolean(name: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise UsageError(f"{name} {value!r} is not a boolean: use true or false "
+                     "(also 1/0, yes/no, on/off)")
+
+
+def _env(*names: str, default: str | None = None) -> str | None:
+    """The first of `names` set in the environment (the deployed name first, then aliases)."""
+    for name in names:
+        value = os.environ.get(name)
+        if value is not None:
+            return value
+    return default
+
+
 def _parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
@@ -75,18 +100,33 @@ def _parser() -> argparse.ArgumentParser:
                         help="where to listen: HOST:PORT, [IPv6]:PORT or unix:PATH "
                              "(env GRPC_ADDRESS; default %(default)s)")
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"),
-                        help="DEBUG, INFO, WARNING or ERROR (env LOG_LEVEL; default %(default)s)")
+                        help="debug, info, warning, error or critical, in any case "
+                             "(env LOG_LEVEL; default %(default)s)")
+    default_length = str(DEFAULT_MAX_MESSAGE_LENGTH)
     parser.add_argument("--max-receive-message-length",
-                        default=env("MAX_RECEIVE_MESSAGE_LENGTH", str(DEFAULT_MAX_MESSAGE_LENGTH)),
+                        default=_env("GRPC_MAX_RECEIVE_MESSAGE_LENGTH",
+                                     "MAX_RECEIVE_MESSAGE_LENGTH", default=default_length),
                         help="largest request in bytes; larger ones get RESOURCE_EXHAUSTED "
-                             "(env MAX_RECEIVE_MESSAGE_LENGTH; default %(default)s)")
+                             "(env GRPC_MAX_RECEIVE_MESSAGE_LENGTH or MAX_RECEIVE_MESSAGE_LENGTH; "
+                             "default %(default)s)")
     parser.add_argument("--max-send-message-length",
-                        default=env("MAX_SEND_MESSAGE_LENGTH", str(DEFAULT_MAX_MESSAGE_LENGTH)),
+                        default=_env("GRPC_MAX_SEND_MESSAGE_LENGTH", "MAX_SEND_MESSAGE_LENGTH",
+                                     default=default_length),
                         help="largest response in bytes; a larger result is MODEL_FAILED "
-                             "(env MAX_SEND_MESSAGE_LENGTH; default %(default)s)")
-    parser.add_argument("--resource-directory", default=env("RESOURCE_DIRECTORY"),
+                             "(env GRPC_MAX_SEND_MESSAGE_LENGTH or MAX_SEND_MESSAGE_LENGTH; "
+                             "default %(default)s)")
+    parser.add_argument("--resource-directory",
+                        default=env("RESOURCE_DIRECTORY", "/workspace/resources"),
                         help="accepted for compatibility with existing deployments "
-                             "(env RESOURCE_DIRECTORY)")
+                             "(env RESOURCE_DIRECTORY; default %(default)s)")
+    parser.add_argument("--has-gpu", default=env("HAS_GPU", "false"),
+                        help="whether a GPU is available: true/false, 1/0, yes/no, any case; "
+                             "logged, changes nothing, as in crunch-model-runner (env HAS_GPU; "
+                             "default %(default)s)")
+    parser.add_argument("--main-file", default=env("MAIN_FILE", "main.py"),
+                        help="the submission's main file; logged, changes nothing (every module "
+                             "is searched), as in crunch-model-runner (env MAIN_FILE; default "
+                             "%(default)s)")
     parser.add_argument("--tls-cert", default=env("TLS_CERT"),
                         help="serve TLS with this certificate (PEM; env TLS_CERT)")
     parser.add_argument("--tls-key", default=env("TLS_KEY"),
@@ -97,6 +137,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-token", default=env("AUTH_TOKEN"),
                         help="require 'authorization: Bearer <token>' on model calls; prefer "
                              "the env AUTH_TOKEN, which other users cannot see in ps")
+    parser.add_argument("--auth-delegation", default=env("AUTH_DELEGATION"),
+                        help="serve the cruncher's wallet delegation of this host's TLS key in "
+                             "response headers (model-runner-client SecureCredentials mode): a "
+                             "JSON file {message, signature, wallet_pubkey}; needs --tls-cert "
+                             "(env AUTH_DELEGATION)")
+    parser.add_argument("--gateway-keys", default=env("GATEWAY_KEYS"),
+                        help="accept model calls only with a gateway token signed by one of "
+                             "these coordinator keys: a file of SHA-256 hashes (hex) of their "
+                             "DER public keys, one a line (env GATEWAY_KEYS)")
+    parser.add_argument("--gateway-max-age", default=env("GATEWAY_MAX_AGE", "60"),
+                        help="seconds a gateway token's timestamp may be off this host's clock "
+                             "(env GATEWAY_MAX_AGE; default %(default)s)")
+    parser.add_argument("--model-id", default=env("MODEL_ID"),
+                        help="this host's model id, which gateway tokens must name "
+                             "(env MODEL_ID)")
     parser.add_argument("--grace-period", default=env("GRACE_PERIOD", "10"),
                         help="seconds in-flight calls get to finish after SIGTERM/SIGINT "
                              "(env GRACE_PERIOD; default %(default)s)")
@@ -108,8 +163,8 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
     options = _parser().parse_args(argv)
     level = str(options.log_level).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise UsageError(f"--log-level {options.log_level!r} is not one of DEBUG, INFO, "
-                         "WARNING, ERROR")
+        raise UsageError(f"--log-level {options.log_level!r} is not one of debug, info, "
+                         "warning, error, critical")
     code = Path(options.code_directory)
     if not code.is_dir():
         raise UsageError(f"--code-directory {str(code)!r} does not exist or is not a folder; "
@@ -126,6 +181,21 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
     if grace < 0:
         raise UsageError(f"--grace-period must be 0 or more seconds, got {grace}")
     tls = _tls_paths(options.tls_cert, options.tls_key, options.tls_client_ca)
+    try:
+        gateway_max_age = float(options.gateway_max_age)
+    except ValueError:
+        raise UsageError(f"--gateway-max-age {options.gateway_max_age!r} is not a number of "
+                         "seconds") from None
+    if gateway_max_age <= 0:
+        raise UsageError(f"--gateway-max-age must be positive seconds, got {gateway_max_age}")
+    delegation = _readable("--auth-delegation", options.auth_delegation)
+    if delegation is not None and tls[0] is None:
+        raise UsageError("--auth-delegation vouches for the host's TLS key: give --tls-cert and "
+                         "--tls-key (and --tls-client-ca for mutual TLS) too")
+    gateway_keys = _readable("--gateway-keys", options.gateway_keys)
+    if gateway_keys is not None and not options.model_id:
+        raise UsageError("--gateway-keys needs --model-id (env MODEL_ID): gateway tokens name "
+                         "the model they are for")
     config = HostConfig(
         code_directory=code,
         host=host,
@@ -140,8 +210,29 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
         else None,
         tls_cert=tls[0], tls_key=tls[1], tls_client_ca=tls[2],
         auth_token=options.auth_token or None,
+        auth_delegation=delegation,
+        gateway_keys=gateway_keys,
+        gateway_max_age=gateway_max_age,
+        model_id=options.model_id or None,
+        has_gpu=_boolean("--has-gpu", options.has_gpu),
+        main_file=options.main_file,
     )
+    try:  # the security files, read once here so that a bad one is a one-line error
+        call_guard(config)
+        if delegation is not None and tls[0] is not None:
+            DelegationHeaders(delegation, tls[0])
+    except AuthError as exc:
+        raise UsageError(str(exc)) from None
     return config, level
+
+
+def _readable(option: str, value: str | None) -> Path | None:
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise UsageError(f"{option} {value!r} is not a readable file")
+    return path
 
 
 def _tls_paths(cert: str | None, key: str | None,
@@ -169,6 +260,9 @@ async def _serve(config: HostConfig) -> None:
         # Announced whatever the log level: launchers read the bound port from this line.
         logger.log(max(logging.INFO, logger.getEffectiveLevel()), "model host serving %s on %s",
                    config.code_directory, host.address)
+        logger.info("has_gpu=%s main_file=%s resource_directory=%s (options of existing "
+                    "deployments; they change nothing here)", config.has_gpu, config.main_file,
+                    config.resource_directory)
 
     try:
         await host.serve_until_signalled(on_ready=announce)

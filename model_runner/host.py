@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grpclib.events import SendInitialMetadata, listen
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server
 
-from .security import server_tls_context
+from .security import CallGuard, DelegationHeaders, server_tls_context
 from .service import DynamicSubclassService
+from .wire.auth import GatewayVerifier
 from .wire.codec import PassthroughCodec
 
 __all__ = ["DEFAULT_MAX_MESSAGE_LENGTH", "HostConfig", "ModelHost"]
@@ -44,6 +46,29 @@ class HostConfig:
     tls_client_ca: Path | None = None
     #: When set, model calls need `authorization: Bearer <token>` metadata (health stays open).
     auth_token: str | None = None
+    #: The cruncher's wallet delegation of this host's TLS key, served in response headers
+    #: (model-runner-client's SecureCredentials mode; needs tls_cert and, usually, mutual TLS).
+    auth_delegation: Path | None = None
+    #: SHA-256 hashes of the coordinator keys whose gateway tokens are accepted on model calls.
+    gateway_keys: Path | None = None
+    #: Seconds a gateway token's timestamp may differ from this host's clock.
+    gateway_max_age: float = 60.0
+    #: This host's model id, which gateway tokens must name.
+    model_id: str | None = None
+    #: Passed by existing deployments; logged, they change nothing (as in crunch-model-runner).
+    has_gpu: bool = False
+    main_file: str = "main.py"
+
+
+def call_guard(config: HostConfig) -> CallGuard | None:
+    """Raises AuthError when the gateway key file is unusable."""
+    gateway = None
+    if config.gateway_keys is not None:
+        gateway = GatewayVerifier.load(config.gateway_keys, model_id=config.model_id,
+                                       max_age=config.gateway_max_age)
+    if config.auth_token is None and gateway is None:
+        return None
+    return CallGuard(config.auth_token, gateway)
 
 
 class ModelHost:
@@ -63,10 +88,16 @@ class ModelHost:
             model_status=self._model_status,
             max_receive_message_length=config.max_receive_message_length,
             max_send_message_length=config.max_send_message_length,
-            auth_token=config.auth_token,
+            authorize=call_guard(config),
         )
         health = Health({self.service: [self._model_status], OVERALL: [self._overall]})
         self._server = Server([self.service, health], codec=PassthroughCodec())
+        if config.auth_delegation is not None:
+            if config.tls_cert is None:
+                raise ValueError("a delegation vouches for the host's TLS key: serve TLS "
+                                 "(tls_cert, tls_key) with it")
+            listen(self._server, SendInitialMetadata,
+                   DelegationHeaders(config.auth_delegation, config.tls_cert))
         self.port: int | None = None
 
     async def start(self) -> None:

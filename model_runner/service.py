@@ -12,10 +12,10 @@ import logging
 import struct
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpclib.const
 import grpclib.server
@@ -24,7 +24,6 @@ from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 
 from .discovery import DiscoveryError, discover_class, unload_submission
-from .security import bearer_matches
 from .serial import DeadlinePassed, SerialRunner
 from .wire import (
     CALL_PATH,
@@ -72,10 +71,11 @@ class DynamicSubclassService:
         model_status: ServiceStatus,
         max_receive_message_length: int,
         max_send_message_length: int,
-        auth_token: str | None = None,
+        authorize: Callable[[Mapping[str, str]], str | None] | None = None,
     ) -> None:
         self._code_directory = code_directory
-        self._auth_token = auth_token
+        #: Returns why a call's metadata is refused (UNAUTHENTICATED), or None to accept it.
+        self._authorize = authorize
         self._model_status = model_status
         self._max_receive = max_receive_message_length
         self._max_send = max_send_message_length
@@ -114,12 +114,11 @@ class DynamicSubclassService:
         request_type: type[Any],
         handle: Callable[[Any, float | None], Any],
     ) -> None:
-        if self._auth_token is not None:
-            header = stream.metadata.get("authorization") if stream.metadata else None
-            if not bearer_matches(header, self._auth_token):
-                raise GRPCError(GrpcStatus.UNAUTHENTICATED,
-                                "missing or wrong token: send metadata 'authorization: Bearer "
-                                "<token>' with this host's AUTH_TOKEN")
+        if self._authorize is not None:
+            # Values of non "-bin" keys are str in grpclib's metadata MultiDict.
+            refusal = self._authorize(cast(Mapping[str, str], stream.metadata or {}))
+            if refusal is not None:
+                raise GRPCError(GrpcStatus.UNAUTHENTICATED, refusal)
         if self.draining:
             raise GRPCError(GrpcStatus.UNAVAILABLE,
                             "the model host is shutting down; retry on another host")

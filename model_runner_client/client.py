@@ -40,7 +40,9 @@ from .models import ModelEndpoint
 from .orchestrator import OrchestratorLink
 from .policy import Streaks
 from .results import CallResult, CallResults, CallStatus
+from .security import GatewayCredentials, SecureCredentials
 from .sources import ModelSource, StaticModels
+from .transport_security import Security, UntrustedHost
 
 __all__ = ["ModelRunnerClient", "UnknownModelError"]
 
@@ -123,6 +125,8 @@ class ModelRunnerClient:
         ssl: _ssl.SSLContext | None = None,
         auth_token: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        secure_credentials: SecureCredentials | None = None,
+        gateway_credentials: GatewayCredentials | None = None,
         report_failure: bool = True,
         source: ModelSource | None = None,
     ) -> None:
@@ -152,10 +156,9 @@ class ModelRunnerClient:
         self._fanout = Fanout(max_concurrent_calls)
         self.max_receive_message_length = max_receive_message_length
         self._on_failure = on_failure
-        self._ssl = ssl
-        self._metadata = dict(metadata or {})
-        if auth_token:
-            self._metadata["authorization"] = f"Bearer {auth_token}"
+        self._security = Security(ssl=ssl, auth_token=auth_token, metadata=metadata,
+                                  secure_credentials=secure_credentials,
+                                  gateway_credentials=gateway_credentials)
         self._events = EventHub()
         if on_event is not None:
             self._events.add_callback(on_event)
@@ -163,6 +166,8 @@ class ModelRunnerClient:
         self._departed: dict[str, ModelEndpoint] = {}
         self._reported: set[tuple[str, str]] = set()
         self._changed = anyio.Event()
+        #: The source has delivered its first complete list (the orchestrator's `init`).
+        self._listed = False
         self._started = False
         self._runner: asyncio.Task[None] | None = None
         self._group: anyio.abc.TaskGroup | None = None
@@ -237,6 +242,13 @@ class ModelRunnerClient:
             logger.exception("the model source %r failed; the client keeps the models it has",
                              self._source)
 
+    async def _wait_listed(self, timeout: float | None) -> bool:
+        """Whether the source listed its models within `timeout` seconds."""
+        with anyio.move_on_after(timeout):
+            while not self._listed:
+                await self._changed.wait()
+        return self._listed
+
     # --- the model set -------------------------------------------------------------------------
 
     @property
@@ -267,7 +279,7 @@ class ModelRunnerClient:
             previous = self._departed.pop(endpoint.model_id, None)
             if previous is not None and previous.deployment_id == endpoint.deployment_id:
                 previous = None  # the same deployment coming back is a join, not a redeploy
-        connection = ModelConnection(endpoint, ssl=self._ssl, metadata=self._metadata,
+        connection = ModelConnection(endpoint, security=self._security.for_endpoint(endpoint),
                                      max_receive_message_length=self.max_receive_message_length)
         slot = _Slot(endpoint, connection, Streaks(self.max_consecutive_failures,
                                                    self.max_consecutive_timeouts),
@@ -289,6 +301,17 @@ class ModelRunnerClient:
                 "open files (hard limit %s); raise it with `ulimit -n` or "
                 "resource.setrlimit(resource.RLIMIT_NOFILE, ...) before starting the client",
                 len(self._slots), soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
+
+    def listed(self) -> None:
+        """The source has delivered its complete list of models (called by sources)."""
+        if not self._listed:
+            self._listed = True
+            self._notify()
+
+    def get_model(self, model_id: str) -> ModelEndpoint | None:
+        """The ready model with this id, if the client holds one."""
+        slot = self._slots.get(model_id)
+        return slot.endpoint if slot is not None and slot.ready else None
 
     def model_ids(self) -> set[str]:
         """Every model held, ready or still being set up."""
@@ -384,6 +407,10 @@ class ModelRunnerClient:
             try:
                 code, message = await slot.connection.setup(self._setup_payload,
                                                              self.setup_timeout)
+            except UntrustedHost as exc:
+                self._drop(slot, f"the host failed the identity check: {exc}",
+                           "CONNECTION_FAILED")
+                return
             except _CONNECTION_ERRORS as exc:
                 if slot.gone:
                     return  # discarded while connecting: its connection was closed
@@ -453,7 +480,8 @@ class ModelRunnerClient:
 
     async def wait_for_models(self, count: int | None = None, *,
                               timeout: float | None = None) -> list[ModelEndpoint]:
-        """Wait until `count` models are ready (default: every known model settled).
+        """Wait until `count` models are ready (default: the source has listed its models and
+        every one of them is set up or has failed; with no models listed, that is at once).
 
         Raises TimeoutError, saying how many are ready and pending, if that takes longer than
         `timeout` seconds.
@@ -461,13 +489,16 @@ class ModelRunnerClient:
         self._require_started()
         def reached() -> bool:
             if count is None:
-                return not self.pending and bool(self._slots or self._departed)
+                return not self.pending and (self._listed or bool(self._slots or self._departed))
             return len(self.models) >= count
 
         with anyio.move_on_after(timeout) as scope:
             while not reached():
                 await self._changed.wait()
         if scope.cancelled_caught:
+            if count is None and not (self._listed or self._slots or self._departed):
+                raise TimeoutError(f"waited {timeout}s and the model source {self._source!r} "
+                                   "has listed no models yet (is the orchestrator reachable?)")
             want = "every model to be ready" if count is None else f"{count} ready models"
             raise TimeoutError(
                 f"waited {timeout}s for {want}: {len(self.models)} ready, "
@@ -504,28 +535,47 @@ class ModelRunnerClient:
         Raises ArgumentError for an argument that cannot be encoded and UnknownModelError for a
         model id the client never held, before anything is sent.
         """
+        if per_model is not None and (args or kwargs):
+            raise ValueError("pass either shared arguments or per_model, not both")
+        request: bytes | Callable[[ModelEndpoint], bytes]
+        if per_model is None:
+            request = encode_call(method, args, kwargs)
+        else:
+            def request(endpoint: ModelEndpoint) -> bytes:
+                model_args, model_kwargs = per_model(endpoint)
+                try:
+                    return encode_call(method, model_args, model_kwargs)
+                except ArgumentError as exc:
+                    raise ArgumentError(f"per_model arguments for {endpoint.model_id}: "
+                                        f"{exc}") from None
+        return await self._call_encoded(method, request, models=models, timeout=timeout,
+                                        returns=returns)
+
+    async def _call_encoded(
+        self,
+        method: str,
+        request: bytes | Callable[[ModelEndpoint], bytes],
+        *,
+        models: Iterable[str | ModelEndpoint] | None = None,
+        timeout: float | None = None,
+        returns: Any = None,
+    ) -> CallResults:
+        """`call` with the CallRequest already encoded: the same bytes for every model, or
+        built per model (the compatibility layer sends protobuf-built requests through here)."""
         self._require_started()
         deadline = self.timeout if timeout is None else timeout
         if deadline <= 0:
             raise ValueError(f"timeout must be positive seconds, got {deadline}")
-        if per_model is not None and (args or kwargs):
-            raise ValueError("pass either shared arguments or per_model, not both")
         targets = self._targets(models)
         decoder = ResultDecoder(returns)
 
-        # Encode everything first: a bad argument raises before anything is sent or counted.
-        shared = None if per_model is not None else encode_call(method, args, kwargs)
+        # Build every request first: a bad argument raises before anything is sent or counted.
         payloads: list[bytes | None] = []
         for _, slot in targets:
-            if slot is None or not slot.ready or per_model is None:
-                payloads.append(shared)
-                continue
-            model_args, model_kwargs = per_model(slot.endpoint)
-            try:
-                payloads.append(encode_call(method, model_args, model_kwargs))
-            except ArgumentError as exc:
-                raise ArgumentError(f"per_model arguments for {slot.endpoint.model_id}: "
-                                    f"{exc}") from None
+            if slot is None or not slot.ready:
+                payloads.append(None)
+            else:
+                payloads.append(request if isinstance(request, bytes) else request(slot.endpoint))
 
         results: list[CallResult | None] = [None] * len(targets)
         jobs: list[Job] = []
@@ -596,6 +646,8 @@ class ModelRunnerClient:
                 self._spawn(self._bring_up, slot)  # the host restarted and lost the instance
         elif kind is Kind.REFUSED:
             pass  # our credentials: not the model's fault
+        elif kind is Kind.UNTRUSTED:
+            verdict = "CONNECTION_FAILED"  # never call a host that is not the cruncher's
         elif kind in (Kind.TIMEOUT, Kind.UNREACHABLE):
             verdict = streaks.timeout(unreachable=kind is Kind.UNREACHABLE)
             if verdict is None:
@@ -604,6 +656,8 @@ class ModelRunnerClient:
             if verdict == "MULTIPLE_FAILED":
                 reason = (f"{streaks.failures[method]} failures of {method} in a row; "
                           f"last: {outcome.detail}")
+            elif kind is Kind.UNTRUSTED:
+                reason = outcome.detail
             else:
                 reason = f"{streaks.timeouts} timeouts in a row; last: {outcome.detail}"
             self._drop(slot, reason, verdict)

@@ -6,13 +6,13 @@ fan-out encodes its request once and the caller decides how to read the answer.
 
 from __future__ import annotations
 
-import ssl as _ssl
 import struct
 from asyncio import BaseTransport
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from grpclib.client import Channel, Handler, Stream
+from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError, ProtocolError
@@ -22,9 +22,11 @@ from grpclib.protocol import H2Protocol
 
 from model_runner.host import DEFAULT_MAX_MESSAGE_LENGTH
 from model_runner.wire import SETUP_PATH, SetupResponse
+from model_runner.wire.auth import cert_spki
 from model_runner.wire.codec import PassthroughCodec
 
 from .models import ModelEndpoint
+from .transport_security import ConnectionSecurity, UntrustedHost
 
 __all__ = ["ModelConnection", "ResponseTooLarge"]
 
@@ -62,25 +64,34 @@ class ModelConnection:
         self,
         endpoint: ModelEndpoint,
         *,
-        ssl: _ssl.SSLContext | None = None,
-        metadata: Mapping[str, str] | None = None,
+        security: ConnectionSecurity | None = None,
         max_receive_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
     ) -> None:
         self.endpoint = endpoint
         self.max_receive_message_length = max_receive_message_length
-        self._ssl = ssl
-        self._metadata = dict(metadata or {})
+        self._security = security or ConnectionSecurity()
+        self._peer: tuple[bytes, bytes] | None = None  # (DER certificate, its SPKI)
         self._channel = self._new_channel()
 
     def _new_channel(self) -> Channel:
-        return _Channel(self.endpoint.ip, self.endpoint.port, codec=_CODEC, ssl=self._ssl)
+        security = self._security
+        config = None
+        if security.server_name is not None:
+            config = Configuration(ssl_target_name_override=security.server_name)
+        return _Channel(self.endpoint.ip, self.endpoint.port, codec=_CODEC, ssl=security.ssl,
+                        config=config)
 
     async def unary(self, path: str, payload: bytes, deadline: Deadline | None) -> bytes:
-        """One unary RPC; raises TimeoutError, GRPCError, OSError or StreamTerminatedError."""
+        """One unary RPC; raises TimeoutError, GRPCError, OSError, StreamTerminatedError, or
+        UntrustedHost when the host fails the identity check of the security mode."""
         stream = self._channel.request(path, Cardinality.UNARY_UNARY, bytes, bytes,
-                                       deadline=deadline, metadata=self._metadata or None)
+                                       deadline=deadline, metadata=self._security.metadata())
         async with stream:
             await stream.send_message(payload, end=True)
+            if self._security.check_peer is not None:
+                await stream.recv_initial_metadata()
+                headers = cast(Mapping[str, str], stream.initial_metadata or {})
+                self._security.check_peer(headers, self._peer_spki(stream))
             reply = await _recv_limited(stream, self.max_receive_message_length)
         if reply is None:
             raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
@@ -98,6 +109,19 @@ class ModelConnection:
                                HealthCheckRequest(service=service).SerializeToString(),
                                Deadline.from_timeout(timeout))
         return int(HealthCheckResponse.FromString(raw).status)
+
+    def _peer_spki(self, stream: Stream[bytes, bytes]) -> bytes:
+        """The public key of the TLS certificate this stream's host presented."""
+        # grpclib's Peer offers the certificate only as a dict without its key; its transport
+        # has the DER form.
+        transport: Any = getattr(stream.peer, "_transport", None)
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            raise UntrustedHost("the host presented no TLS certificate")
+        if self._peer is None or self._peer[0] != der:
+            self._peer = (der, cert_spki(der))
+        return self._peer[1]
 
     def reconnect(self) -> None:
         """Drop the HTTP/2 connection; the next request opens a fresh one."""

@@ -34,6 +34,7 @@ from model_runner.wire.lean import parse_call_response
 from .connection import ModelConnection, ResponseTooLarge
 from .encoding import ResultDecoder
 from .results import CallStatus
+from .transport_security import UntrustedHost
 
 __all__ = ["Fanout", "Job", "Kind", "Outcome"]
 
@@ -53,6 +54,8 @@ class Kind(Enum):
     NOT_SENT = "not sent"
     #: The host refused our credentials (token, certificate): the coordinator's configuration.
     REFUSED = "refused"
+    #: The host failed the identity check of the security mode: it is not the cruncher's.
+    UNTRUSTED = "untrusted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,11 @@ class Fanout:
                 return
             except GRPCError as exc:
                 outcomes[index] = _from_grpc_error(sent, exc)
+                return
+            except UntrustedHost as exc:
+                outcomes[index] = Outcome(CallStatus.FAILURE, Kind.UNTRUSTED,
+                                          latency_us=_since(sent),
+                                          detail=f"the host failed the identity check: {exc}")
                 return
             except ResponseTooLarge as exc:
                 outcomes[index] = Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE,

@@ -189,6 +189,7 @@ class OrchestratorLink:
             registry.remove(model_id, "not in the orchestrator's list after reconnecting")
         for entry in entries:
             self._apply(entry, registry)
+        registry.listed()
 
     def _apply(self, entry: Entry, registry: ModelRegistry) -> None:
         key = (entry.model_id, entry.deployment_id)

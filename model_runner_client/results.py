@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, overload
 
@@ -34,6 +34,8 @@ class CallResult:
     cruncher_name: str
     cruncher_id: str
     deployment_id: str
+    #: The model as the client held it when called (address, infos).
+    endpoint: ModelEndpoint = field(repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -43,7 +45,7 @@ class CallResult:
     def make(cls, model: ModelEndpoint, status: CallStatus, output: Any = None,
              latency_us: int = 0, detail: str = "") -> CallResult:
         return cls(model.model_id, status, output, latency_us, detail, model.model_name,
-                   model.cruncher_name, model.cruncher_id, model.deployment_id)
+                   model.cruncher_name, model.cruncher_id, model.deployment_id, model)
 
 
 class CallResults(Sequence[CallResult]):

@@ -17,6 +17,8 @@ class ModelRegistry(Protocol):
     def remove(self, model_id: str, reason: str, *, deployment_id: str | None = None) -> None: ...
     def model_ids(self) -> set[str]: ...
     def deployment_of(self, model_id: str) -> str | None: ...
+    def listed(self) -> None:
+        """Call once the complete list of models has been upserted (readiness waits on it)."""
 
 
 class ModelSource(Protocol):
@@ -34,3 +36,4 @@ class StaticModels:
     async def run(self, registry: ModelRegistry) -> None:
         for endpoint in self.endpoints:
             registry.upsert(endpoint)
+        registry.listed()

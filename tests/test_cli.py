@@ -35,7 +35,10 @@ def test_help_lists_every_option() -> None:
     assert result.returncode == 0
     for option in ("--code-directory", "--address", "--log-level", "--max-receive-message-length",
                    "--max-send-message-length", "--resource-directory", "--grace-period",
-                   "CODE_DIRECTORY", "GRPC_ADDRESS", "LOG_LEVEL", "RESOURCE_DIRECTORY"):
+                   "--has-gpu", "--main-file", "--auth-delegation", "--gateway-keys",
+                   "--model-id", "CODE_DIRECTORY", "GRPC_ADDRESS", "LOG_LEVEL",
+                   "RESOURCE_DIRECTORY", "HAS_GPU", "MAIN_FILE",
+                   "GRPC_MAX_RECEIVE_MESSAGE_LENGTH", "GRPC_MAX_SEND_MESSAGE_LENGTH"):
         assert option in result.stdout
 
 
@@ -99,13 +102,16 @@ def test_environment_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 def test_defaults_follow_existing_deployments(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("CODE_DIRECTORY", "GRPC_ADDRESS", "MAX_RECEIVE_MESSAGE_LENGTH",
-                 "MAX_SEND_MESSAGE_LENGTH"):
+                 "MAX_SEND_MESSAGE_LENGTH", "GRPC_MAX_RECEIVE_MESSAGE_LENGTH",
+                 "GRPC_MAX_SEND_MESSAGE_LENGTH", "HAS_GPU", "MAIN_FILE", "RESOURCE_DIRECTORY"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(UsageError, match="/workspace/submission/code"):
         build_config([])
     config, _ = build_config(["--code-directory", str(GOOD)])
     assert (config.host, config.port) == ("::", 50051)
     assert config.max_receive_message_length == config.max_send_message_length == 64 * 2**20
+    assert (config.has_gpu, config.main_file) == (False, "main.py")
+    assert config.resource_directory == Path("/workspace/resources")
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -118,3 +124,88 @@ def test_defaults_follow_existing_deployments(monkeypatch: pytest.MonkeyPatch) -
 ])
 def test_parse_address(text: str, expected: tuple[object, ...]) -> None:
     assert parse_address(text) == expected
+
+
+# --- the options of crunch-model-runner 0.4.2, as orchestrators pass them ------------------------
+
+@pytest.mark.parametrize("word,expected", [("true", True), ("TRUE", True), ("1", True),
+                                           ("Yes", True), ("on", True), ("false", False),
+                                           ("False", False), ("0", False), ("NO", False),
+                                           ("off", False)])
+def test_has_gpu_takes_boolean_words(word: str, expected: bool,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_config(["--code-directory", str(GOOD), "--has-gpu", word])[0].has_gpu is expected
+    monkeypatch.setenv("HAS_GPU", word)
+    assert build_config(["--code-directory", str(GOOD)])[0].has_gpu is expected
+
+
+def test_has_gpu_refuses_other_words() -> None:
+    result = run_cli("--code-directory", str(GOOD), "--address", "127.0.0.1:0",
+                     "--has-gpu", "maybe")
+    assert_one_line_error(result, "--has-gpu", "maybe", "true or false")
+
+
+@pytest.mark.parametrize("level", ["debug", "Info", "WARNING", "error", "critical", "CRITICAL"])
+def test_log_level_in_any_case(level: str) -> None:
+    assert build_config(["--code-directory", str(GOOD), "--log-level", level])[1] == level.upper()
+
+
+def test_deployed_message_length_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPC_MAX_RECEIVE_MESSAGE_LENGTH", "4096")
+    monkeypatch.setenv("GRPC_MAX_SEND_MESSAGE_LENGTH", "8192")
+    monkeypatch.setenv("MAX_RECEIVE_MESSAGE_LENGTH", "1")  # our alias: the deployed name wins
+    config, _ = build_config(["--code-directory", str(GOOD)])
+    assert (config.max_receive_message_length, config.max_send_message_length) == (4096, 8192)
+    config, _ = build_config(["--code-directory", str(GOOD),
+                              "--max-receive-message-length", "5000"])
+    assert config.max_receive_message_length == 5000  # the flag wins over the environment
+    monkeypatch.delenv("GRPC_MAX_RECEIVE_MESSAGE_LENGTH")
+    assert build_config(["--code-directory", str(GOOD)])[0].max_receive_message_length == 1
+
+
+EXISTING_RUNNER_OPTIONS = {
+    "--address": ("GRPC_ADDRESS", "127.0.0.1:0"),
+    "--code-directory": ("CODE_DIRECTORY", str(GOOD)),
+    "--resource-directory": ("RESOURCE_DIRECTORY", "/tmp"),
+    "--has-gpu": ("HAS_GPU", "True"),
+    "--main-file": ("MAIN_FILE", "tracker.py"),
+    "--log-level": ("LOG_LEVEL", "info"),
+    "--max-send-message-length": ("GRPC_MAX_SEND_MESSAGE_LENGTH", "8192"),
+    "--max-receive-message-length": ("GRPC_MAX_RECEIVE_MESSAGE_LENGTH", "4096"),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["flags", "environment"])
+async def test_host_serves_with_every_option_of_the_existing_runner(how: str) -> None:
+    """Started as orchestrators start crunch-model-runner; the 4 kB limit holds (an 8 kB
+    request is refused, a small one answered) and the compatibility options are logged. (The
+    test launcher passes --code-directory and --address itself; their variables are covered by
+    test_environment_defaults.)"""
+    from grpclib.const import Status as GrpcStatus
+    from grpclib.exceptions import GRPCError
+
+    from model_runner.wire import DynamicSubclassServiceStub
+    from tests.hosts import HostProcess, call, setup
+
+    args: list[str] = []
+    env: dict[str, str] = {}
+    for option, (variable, value) in EXISTING_RUNNER_OPTIONS.items():
+        if how == "flags":
+            args += [option, value]
+        elif option not in ("--address", "--code-directory"):
+            env[variable] = value
+    host = HostProcess(GOOD, *args, env=env).start()
+    try:
+        async with host.channel() as channel:
+            stub = DynamicSubclassServiceStub(channel)
+            assert (await setup(stub))[0] == "SUCCESS"
+            with pytest.raises(GRPCError) as refused:
+                await call(stub, "predict", "B" * 8000, 3)
+            assert refused.value.status is GrpcStatus.RESOURCE_EXHAUSTED
+            assert (await call(stub, "predict", "BTC", 3))[0] == "SUCCESS"
+    finally:
+        host.stop(keep_log=True)
+    log = host.log
+    host.log_path.unlink()
+    assert "has_gpu=True main_file=tracker.py resource_directory=/tmp" in log

@@ -11,7 +11,14 @@ from .generated.dynamic_subclass import (
     SetupResponse,
 )
 from .generated.google.protobuf import Empty
-from .variant import VariantError, decode_value, decode_variant, encode_value, encode_variant_value
+from .variant import (
+    VariantError,
+    decode_value,
+    decode_variant,
+    encode_as,
+    encode_value,
+    encode_variant_value,
+)
 
 __all__ = [
     "Argument",
@@ -30,6 +37,7 @@ __all__ = [
     "VariantType",
     "decode_value",
     "decode_variant",
+    "encode_as",
     "encode_value",
     "encode_variant_value",
 ]

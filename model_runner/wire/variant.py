@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import struct
 import sys
 from typing import Any
@@ -136,6 +137,32 @@ def encode_value(value: Any) -> Variant:
     return Variant(type=type_, value=data)
 
 
+def encode_as(type_: int, value: Any) -> bytes:
+    """Encode `value` as the Variant type the caller chose (the old client's `encode_data`)."""
+    try:
+        if type_ == VariantType.NONE:
+            return b""
+        if type_ == VariantType.DOUBLE:
+            return _DOUBLE.pack(float(value))
+        if type_ == VariantType.INT:
+            return _pack_int(operator.index(value))
+        if type_ == VariantType.STRING:
+            return _encode_str(value)
+        if type_ == VariantType.JSON:
+            return _encode_json(value)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, VariantError):
+            raise
+        raise VariantError(f"cannot encode {_type_name(value)} as "
+                           f"{VariantType(type_).name}: {exc}") from None
+    if type_ == VariantType.PARQUET:
+        return _encode_parquet(value)
+    if type_ == VariantType.ARROW:
+        return _encode_arrow(value)
+    raise VariantError(f"unknown Variant type {type_!r}: use one of "
+                       f"{', '.join(t.name for t in VariantType)}")
+
+
 def _encode_str(value: str) -> bytes:
     try:
         return value.encode("utf-8")
@@ -160,7 +187,7 @@ def _encode_parquet(frame: Any) -> bytes:
         raise VariantError(
             f"encoding a DataFrame as PARQUET needs pyarrow: {_DATAFRAMES_HINT}") from None
     try:
-        table = pa.Table.from_pandas(frame)
+        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         return bytes(sink.getvalue().to_pybytes())

@@ -1,0 +1,1 @@
+"""The protobuf messages coordinators written for model-runner-client 0.14 import."""
