@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import ssl
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -60,6 +61,8 @@ class ModelSpec:
     host_args: tuple[str, ...] = ()
     #: Extra environment variables for this model's host.
     env: tuple[tuple[str, str], ...] = ()
+    #: Extra orchestrator infos (e.g. cruncher_wallet_pubkey, cruncher_hotkey).
+    infos: tuple[tuple[str, Any], ...] = ()
 
     @property
     def id(self) -> str:
@@ -91,7 +94,7 @@ class _Model:
             "port": self.host.port if self.host is not None else 0,
             "infos": {"model_name": spec.name or spec.id, "cruncher_id": f"cruncher-{spec.id}",
                       "cruncher_name": spec.cruncher or f"cruncher-{spec.id}",
-                      "cruncher_wallet_pubkey": "", "cruncher_hotkey": None},
+                      "cruncher_wallet_pubkey": "", "cruncher_hotkey": None, **dict(spec.infos)},
         }
 
 
@@ -106,6 +109,7 @@ class LocalOrchestrator:
         python_path: Sequence[Path] = (),
         max_restarts: int = 3,
         host_args: Sequence[str] = ("--log-level", "WARNING"),
+        health_ssl: ssl.SSLContext | None = None,
     ) -> None:
         ids = [m.id for m in models]
         if len(set(ids)) != len(ids):
@@ -116,6 +120,8 @@ class LocalOrchestrator:
         self.python_path = list(python_path)
         self.max_restarts = max_restarts
         self.host_args = list(host_args)
+        #: TLS for the health probe, when the hosts serve TLS (see client_tls_context).
+        self.health_ssl = health_ssl
         self.models = {m.id: _Model(m) for m in models}
         self.reports: list[dict[str, Any]] = []
         self._clients: set[ServerConnection] = set()
@@ -278,7 +284,7 @@ class LocalOrchestrator:
         await self.broadcast([model.entry()])
 
     async def _wait_serving(self, host: ModelHostProcess) -> None:
-        channel = Channel("127.0.0.1", host.port)
+        channel = Channel("127.0.0.1", host.port, ssl=self.health_ssl)
         try:
             with anyio.fail_after(30):
                 while True:
