@@ -192,7 +192,7 @@ async def test_init_raises_when_the_orchestrator_never_answers() -> None:
     runner = DynamicSubclassModelConcurrentRunner(timeout=TIMEOUT, crunch_id="nobody",
                                                   host="127.0.0.1", port=9, base_classname=BASE)
     runner.INIT_TIMEOUT = 1.0
-    with pytest.raises(ConnectionError, match="ws://127.0.0.1:9/nobody"):
+    with pytest.raises(ConnectionError, match=r"ws://127\.0\.0\.1:9/nobody"):
         await runner.init()
     with pytest.raises(InvalidCoordinatorUsageError, match="create a new one"):
         await runner.init()

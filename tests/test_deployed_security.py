@@ -347,7 +347,7 @@ async def test_gateway_health_stays_open(gateway_host: HostProcess, pki: Pki) ->
 def test_gateway_verifier_file_errors(tmp_path: Path) -> None:
     path = tmp_path / "allowed.txt"
     path.write_text("not-a-hash\n")
-    with pytest.raises(AuthError, match="allowed.txt:1.*SHA-256"):
+    with pytest.raises(AuthError, match=r"allowed\.txt:1.*SHA-256"):
         GatewayVerifier.load(path, model_id=MODEL, max_age=60)
     path.write_text("# nothing\n")
     with pytest.raises(AuthError, match="lists no coordinator key"):
