@@ -27,10 +27,19 @@ import time
 from pathlib import Path
 
 from grpclib.client import Channel
+from websockets.asyncio.server import ServerConnection, serve
 
 from benchmarks._common import BENCH, OUT, median, percentile, start_script, table
 from model_runner.wire import Argument, CallRequest, DynamicSubclassServiceStub, encode_value
 from model_runner_client import CallStatus, ModelEndpoint, ModelRunnerClient
+from model_runner_client.grpc.generated.commons_pb2 import Argument as Argument_pb2
+from model_runner_client.grpc.generated.commons_pb2 import Variant as Variant_pb2
+from model_runner_client.grpc.generated.commons_pb2 import VariantType as VariantType_pb2
+from model_runner_client.model_concurrent_runners import (
+    DynamicSubclassModelConcurrentRunner,
+    ModelPredictResult,
+)
+from model_runner_client.utils.datatype_transformer import encode_data
 
 BASE = "starter_challenge.tracker.TrackerBase"
 ARGUMENT = {"asset": "BTC", "horizon": 60, "step": 5}
@@ -53,6 +62,34 @@ async def ours(ports: list[int], n: int, ticks: int, timeout: float = 30.0) -> l
             if tick >= 2:
                 times.append(time.perf_counter() - started)
         assert results.counts()[CallStatus.SUCCESS] == n, results
+    return times
+
+
+async def legacy(ports: list[int], n: int, ticks: int, timeout: float = 30.0) -> list[float]:
+    """The same ticks through model-runner-client 0.14's API (our drop-in layer over the
+    client), the models listed by a scripted orchestrator."""
+    entries = [{"model_id": f"m{i}", "deployment_id": "d", "state": "RUNNING",
+                "ip": "127.0.0.1", "port": ports[i % len(ports)], "infos": {}}
+               for i in range(n)]
+
+    async def orchestrator(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"event": "init", "data": entries}))
+        await ws.wait_closed()
+
+    async with serve(orchestrator, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with DynamicSubclassModelConcurrentRunner(timeout, "bench", "127.0.0.1", port,
+                                                        BASE) as runner:
+            argument = Argument_pb2(position=1, data=Variant_pb2(
+                type=VariantType_pb2.JSON, value=encode_data(VariantType_pb2.JSON, ARGUMENT)))
+            times = []
+            for tick in range(ticks + 2):
+                started = time.perf_counter()
+                results = await runner.call("predict", ([argument], []))
+                if tick >= 2:
+                    times.append(time.perf_counter() - started)
+            assert sum(r.status is ModelPredictResult.Status.SUCCESS
+                       for r in results.values()) == n, results
     return times
 
 
@@ -148,7 +185,8 @@ def main() -> None:
     servers = [start_script("bare_server.py") for _ in range(options.servers)]
     hang_server = start_script("bare_server.py", "--hang")
     ports = [port for _, port in servers]
-    rows: dict[str, dict[int, list[float]]] = {"ours": {}, "bare grpclib gather": {}}
+    rows: dict[str, dict[int, list[float]]] = {"ours": {}, "ours, old API (drop-in)": {},
+                                               "bare grpclib gather": {}}
     if options.old_python:
         rows["grpcio client (model-runner-client)"] = {}
     try:
@@ -158,6 +196,7 @@ def main() -> None:
                 by_n[n] = []
             for _ in range(options.rounds):
                 rows["ours"][n] += asyncio.run(ours(ports, n, ticks))
+                rows["ours, old API (drop-in)"][n] += asyncio.run(legacy(ports, n, ticks))
                 rows["bare grpclib gather"][n] += asyncio.run(bare(ports, n, ticks))
                 if options.old_python:
                     rows["grpcio client (model-runner-client)"][n] += old_client(
