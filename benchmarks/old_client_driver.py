@@ -11,11 +11,10 @@ import json
 import sys
 import time
 
+from model_runner_client.grpc.generated.commons_pb2 import Argument, Variant, VariantType
 from model_runner_client.model_concurrent_runners.dynamic_subclass_model_concurrent_runner import (
     DynamicSubclassModelConcurrentRunner,
 )
-
-from model_runner_client.grpc.generated.commons_pb2 import Argument, Variant, VariantType
 
 BASE = "starter_challenge.tracker.TrackerBase"
 PAYLOAD = b'{"asset":"BTC","horizon":60,"step":5}'

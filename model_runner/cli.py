@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import containment
 from .host import DEFAULT_MAX_MESSAGE_LENGTH, HostConfig, ModelHost, call_guard
 from .security import DelegationHeaders, server_tls_context
 from .wire.auth import AuthError
@@ -277,12 +278,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         config, level = build_config(argv)
         logging.basicConfig(level=level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        containment.install()
         asyncio.run(_serve(config))
     except UsageError as exc:
         print(f"model-runner: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    # Drained: end now. Threads the model started (non-daemon ones included) would otherwise
+    # keep the process alive after SIGTERM, until the orchestrator's SIGKILL.
+    containment.exit_process(0)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from .containment import describe
+
 __all__ = ["DiscoveryError", "ImportFailure", "discover_class", "submission_modules",
            "unload_submission"]
 
@@ -84,12 +86,10 @@ def _import_base(class_name: str) -> type:
         )
     try:
         module = importlib.import_module(module_name)
-    except BaseException as exc:  # user code may raise anything, SystemExit included
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+    except BaseException as exc:  # user code may raise anything: SystemExit, KeyboardInterrupt
         raise DiscoveryError(
             f"base class {class_name!r} is not importable: module {module_name!r} failed with "
-            f"{type(exc).__name__}: {exc}; install the Crunch's package or ship the module "
+            f"{describe(exc)}; install the Crunch's package or ship the module "
             "in the submission",
             base_importable=False,
         ) from None
@@ -103,19 +103,39 @@ def _import_base(class_name: str) -> type:
     return base
 
 
-def _import_all(names: list[str], report: DiscoveryReport) -> list[ModuleType]:
+def _shadowing(name: str, root: Path) -> str | None:
+    """Where the module the name `name` already stands for comes from, when that is not the
+    submission: importing the submission's file of that name would only return it."""
+    top = name.partition(".")[0]
+    loaded = sys.modules.get(top)
+    if loaded is None:
+        return None
+    paths = [getattr(loaded, "__file__", None), *list(getattr(loaded, "__path__", None) or [])]
+    if any(p and str(Path(p).resolve()).startswith(str(root) + "/") for p in paths):
+        return None  # the submission's own, imported earlier
+    origin = getattr(loaded, "__file__", None)
+    return origin or "built into Python"
+
+
+def _import_all(names: list[str], root: Path, report: DiscoveryReport) -> list[ModuleType]:
     modules = []
     for name in names:
+        shadow = _shadowing(name, root)
+        if shadow is not None:
+            top = name.partition(".")[0]
+            error = (f"not imported: the name {top!r} already stands for a module the host "
+                     f"loaded ({shadow}), so the submission's {top} is never seen; rename it "
+                     "(and the imports of it) to a name of your own, e.g. my_" + top)
+            report.failures.append(ImportFailure(name, error))
+            logger.warning("skipping module %s: %s", name, error)
+            continue
         try:
             modules.append(importlib.import_module(name))
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+        except BaseException as exc:  # user code: SystemExit, KeyboardInterrupt, os._exit too
             last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
             where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
-            report.failures.append(ImportFailure(name, f"{type(exc).__name__}: {exc}{where}"))
-            logger.warning("skipping module %s: it failed to import: %s: %s",
-                           name, type(exc).__name__, exc)
+            report.failures.append(ImportFailure(name, f"{describe(exc)}{where}"))
+            logger.warning("skipping module %s: it failed to import: %s", name, describe(exc))
     return modules
 
 
@@ -125,7 +145,8 @@ def discover_class(code_directory: Path, class_name: str) -> type:
     base = _import_base(class_name)
     base_package = base.__module__.partition(".")[0]
     report = DiscoveryReport()
-    for module in _import_all(submission_modules(code_directory), report):
+    root = code_directory.resolve()
+    for module in _import_all(submission_modules(code_directory), root, report):
         for obj in list(vars(module).values()):
             if not isinstance(obj, type) or obj.__module__ != module.__name__:
                 continue  # not a class, or imported from elsewhere (seen where it is defined)

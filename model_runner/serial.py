@@ -48,8 +48,13 @@ class SerialRunner:
             else:
                 loop.call_soon_threadsafe(_settle, future, result, None)
 
-    async def run_sync(self, fn: Callable[[], T], *, expires_at: float | None = None) -> T:
-        """Run `fn` on the model thread when its turn comes (`expires_at`: time.monotonic())."""
+    async def run_sync(self, fn: Callable[[], T], *, expires_at: float | None = None,
+                       then: Callable[[T], None] | None = None) -> T:
+        """Run `fn` on the model thread when its turn comes (`expires_at`: time.monotonic()).
+
+        `then(result)` runs on the loop as soon as `fn` returns, before the next turn starts and
+        even when the caller has stopped waiting.
+        """
         await self._lock.acquire()
         try:
             _check(expires_at)
@@ -59,8 +64,16 @@ class SerialRunner:
         except BaseException:
             self._lock.release()
             raise
-        # The turn ends when the code returns, not when the caller stops waiting.
-        future.add_done_callback(lambda _: self._lock.release())
+
+        def turn_over(done: asyncio.Future[T]) -> None:
+            # The turn ends when the code returns, not when the caller stops waiting.
+            try:
+                if then is not None and not done.cancelled() and done.exception() is None:
+                    then(done.result())
+            finally:
+                self._lock.release()
+
+        future.add_done_callback(turn_over)
         return await asyncio.shield(future)
 
     async def run_async(

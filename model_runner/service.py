@@ -12,37 +12,37 @@ import logging
 import struct
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import grpclib.const
 import grpclib.server
+from google.protobuf.empty_pb2 import Empty
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 
+from .containment import describe
 from .discovery import DiscoveryError, discover_class, unload_submission
 from .serial import DeadlinePassed, SerialRunner
 from .wire import (
     CALL_PATH,
     REST_PATH,
     SETUP_PATH,
-    CallRequest,
     CallResponse,
-    Empty,
     RestResponse,
-    SetupRequest,
     SetupResponse,
     Status,
     StatusCode,
     VariantError,
     VariantType,
-    decode_variant,
+    decode_value,
     encode_variant_value,
 )
 from .wire import Variant as VariantMessage
+from .wire.pb2.dynamic_subclass_pb2 import CallRequest, SetupRequest
 
 __all__ = ["DynamicSubclassService"]
 
@@ -50,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 # Bytes a CallResponse adds around the result value: tags, lengths, and the status message.
 _RESPONSE_OVERHEAD = 64
+#: What one request may hold. Real methods take a handful of arguments; without a bound, a
+#: request of a million empty arguments (6 MB) costs the host seconds to turn into Python values.
+MAX_ARGUMENTS = 1024
+MAX_KEYWORD_LENGTH = 256
 
 
 @dataclass
@@ -59,6 +63,8 @@ class _Outcome:
     code: StatusCode
     message: str = ""
     variant: tuple[int, bytes] | None = None
+    #: A new model instance (Setup), installed by the event loop, never by the model thread.
+    instance: Any = None
 
 
 class DynamicSubclassService:
@@ -81,6 +87,8 @@ class DynamicSubclassService:
         self._max_send = max_send_message_length
         self._runner = SerialRunner()
         self._instance: Any = None
+        #: Bumped by every Rest: a Setup that started before a Rest must not install its instance.
+        self._generation = 0
         # Per instance: method name -> how to call it (resolved once, cleared by Setup and Rest).
         self._methods: dict[str, _Method] = {}
         self._dropped_logged: set[tuple[str, frozenset[str]]] = set()
@@ -155,30 +163,36 @@ class DynamicSubclassService:
     # --- Setup ---------------------------------------------------------------------------------
 
     async def setup(self, request: SetupRequest, expires_at: float | None) -> SetupResponse:
-        if not request.class_name:
+        class_name = request.className.strip()
+        if not class_name:
             return SetupResponse(status=_status(
                 StatusCode.INVALID_ARGUMENT,
                 "className is empty; send the base class's full dotted path"))
         try:
-            args, kwargs = _decode_arguments(request.instance_arguments,
-                                             request.instance_kw_arguments)
+            args, kwargs = _decode_arguments(request.instanceArguments,
+                                             request.instanceKwArguments)
         except VariantError as exc:
             return SetupResponse(status=_status(StatusCode.INVALID_ARGUMENT, str(exc)))
+        generation = self._generation
         try:
+            # The instance is installed when the constructor returns, even if this caller has
+            # given up by then (a slow constructor must not run again on the client's retry).
             outcome = await self._runner.run_sync(
-                lambda: self._create_instance(request.class_name, args, kwargs),
-                expires_at=expires_at)
+                lambda: self._create_instance(class_name, args, kwargs),
+                expires_at=expires_at, then=lambda done: self._install(done, generation))
         except DeadlinePassed:
             raise GRPCError(GrpcStatus.DEADLINE_EXCEEDED,
                             "deadline passed before Setup ran") from None
-        if outcome.code is StatusCode.SUCCESS:
-            self._model_status.set(True)
+        if outcome.instance is not None and generation != self._generation:
+            outcome = _Outcome(StatusCode.FAILED_PRECONDITION,
+                               "a Rest arrived while the constructor ran, so its instance was "
+                               "dropped; call Setup again")
         return SetupResponse(status=_status(outcome.code, outcome.message))
 
     def _create_instance(
         self, class_name: str, args: list[Any], kwargs: dict[str, Any]
     ) -> _Outcome:
-        # Runs on the model thread, after any earlier Setup: the first one to succeed wins.
+        # Runs on the model thread and writes no state: the loop installs what it returns.
         if self._instance is not None:
             return _Outcome(StatusCode.SUCCESS, "already set up; Setup again after Rest to "
                                                 "create a new instance")
@@ -188,29 +202,34 @@ class DynamicSubclassService:
             logger.error("Setup failed: %s", exc)
             return _Outcome(StatusCode.BAD_IMPLEMENTATION, str(exc))
         except BaseException as exc:  # discovery runs user code at import time
-            if isinstance(exc, KeyboardInterrupt):
-                raise
             logger.exception("Setup failed while looking for %s", class_name)
-            return _Outcome(StatusCode.BAD_IMPLEMENTATION, f"{type(exc).__name__}: {exc}")
+            return _Outcome(StatusCode.BAD_IMPLEMENTATION, describe(exc))
         try:
             instance = cls(*args, **kwargs)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+        except BaseException as exc:  # KeyboardInterrupt and SystemExit too: the model's
             logger.exception("the constructor of %s raised", cls.__qualname__)
             return _Outcome(StatusCode.SETUP_FAILED,
-                            f"{cls.__qualname__}() raised {_describe(exc)}")
-        self._instance = instance
-        self._methods.clear()
-        self._dropped_logged.clear()
+                            f"{cls.__qualname__}() raised {describe(exc)}")
         logger.info("model %s.%s is set up", cls.__module__, cls.__qualname__)
-        return _Outcome(StatusCode.SUCCESS)
+        return _Outcome(StatusCode.SUCCESS, instance=instance)
+
+    def _install(self, outcome: _Outcome, generation: int) -> None:
+        """On the loop, once a constructor returned: the first instance since the last Rest
+        wins; one from before a Rest is dropped."""
+        if outcome.instance is None or generation != self._generation:
+            return
+        if self._instance is None:
+            self._instance = outcome.instance
+            self._methods.clear()
+            self._dropped_logged.clear()
+            self._model_status.set(True)
 
     # --- Rest ----------------------------------------------------------------------------------
 
     async def rest(self, request: Empty, expires_at: float | None) -> RestResponse:
         # Deliberately not queued behind calls: a hung method must not make the host unresettable.
         had_instance = self._instance is not None
+        self._generation += 1
         self._instance = None
         self._methods.clear()
         self._dropped_logged.clear()
@@ -225,7 +244,7 @@ class DynamicSubclassService:
     async def call(self, request: CallRequest, expires_at: float | None) -> bytes:
         outcome = await self._call(request, expires_at)
         if outcome.code is not StatusCode.SUCCESS:
-            logger.warning("Call %s: %s %s", request.method_name, outcome.code, outcome.message)
+            logger.warning("Call %s: %s %s", request.methodName, outcome.code, outcome.message)
         response = CallResponse(status=_status(outcome.code, outcome.message))
         if outcome.variant is not None:
             type_, value = outcome.variant
@@ -233,7 +252,7 @@ class DynamicSubclassService:
         return bytes(response)
 
     async def _call(self, request: CallRequest, expires_at: float | None) -> _Outcome:
-        name = request.method_name
+        name = request.methodName
         if not name:
             return _Outcome(StatusCode.INVALID_ARGUMENT,
                             "methodName is empty; name a method of the base class")
@@ -252,8 +271,8 @@ class DynamicSubclassService:
             return info.error
         method = getattr(instance, name)  # binds a function: runs no user code
         try:
-            args, kwargs = _decode_arguments(request.method_arguments,
-                                             request.method_kw_arguments)
+            args, kwargs = _decode_arguments(request.methodArguments,
+                                             request.methodKwArguments)
         except VariantError as exc:
             return _Outcome(StatusCode.INVALID_ARGUMENT, str(exc))
         if kwargs and info.accepted is not None:
@@ -275,9 +294,7 @@ class DynamicSubclassService:
                         result = await method(*args, **kwargs)
                     except asyncio.CancelledError:
                         raise  # the caller's deadline: not the model's failure
-                    except BaseException as exc:
-                        if isinstance(exc, KeyboardInterrupt):
-                            raise
+                    except BaseException as exc:  # KeyboardInterrupt too: the model raised it
                         return failed(exc)
                     return _encode_result(cls_name, name, result, max_send)
 
@@ -286,9 +303,7 @@ class DynamicSubclassService:
             def invoke() -> _Outcome:
                 try:
                     result = method(*args, **kwargs)
-                except BaseException as exc:
-                    if isinstance(exc, KeyboardInterrupt):
-                        raise
+                except BaseException as exc:  # KeyboardInterrupt, SystemExit, os._exit too
                     return failed(exc)
                 # Encoding runs here too: a large DataFrame must not stall the event loop.
                 return _encode_result(cls_name, name, result, max_send)
@@ -378,15 +393,10 @@ def _status(code: StatusCode, message: str = "") -> Status:
     return Status(code=code.value, message=message)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _failed(cls_name: str, name: str, exc: BaseException) -> _Outcome:
     logger.error("%s.%s raised:\n%s", cls_name, name,
                  "".join(traceback.format_exception(exc)).rstrip())
-    return _Outcome(StatusCode.MODEL_FAILED, f"{cls_name}.{name} raised {_describe(exc)}")
+    return _Outcome(StatusCode.MODEL_FAILED, f"{cls_name}.{name} raised {describe(exc)}")
 
 
 def _encode_result(cls_name: str, name: str, result: Any, max_send: int) -> _Outcome:
@@ -400,7 +410,7 @@ def _encode_result(cls_name: str, name: str, result: Any, max_send: int) -> _Out
     except Exception as exc:  # a hostile __iter__/__float__ in user objects
         return _Outcome(StatusCode.MODEL_FAILED,
                         f"the result of {cls_name}.{name} ({type(result).__name__}) could not be "
-                        f"encoded: {_describe(exc)}")
+                        f"encoded: {describe(exc)}")
     if len(value) + _RESPONSE_OVERHEAD > max_send:
         return _Outcome(StatusCode.MODEL_FAILED,
                         f"the result of {cls_name}.{name} is {len(value)} bytes, over this host's "
@@ -409,23 +419,30 @@ def _encode_result(cls_name: str, name: str, result: Any, max_send: int) -> _Out
     return _Outcome(StatusCode.SUCCESS, variant=(int(type_), value))
 
 
-def _decode_arguments(arguments: list[Any], kw_arguments: list[Any]) -> tuple[
+def _decode_arguments(arguments: Sequence[Any], kw_arguments: Sequence[Any]) -> tuple[
     list[Any], dict[str, Any]
 ]:
+    """Arguments of a parsed (protobuf) request as Python values; raises VariantError."""
+    for what, items in (("positional", arguments), ("keyword", kw_arguments)):
+        if len(items) > MAX_ARGUMENTS:  # counted before any is looked at
+            raise VariantError(f"the request holds {len(items)} {what} arguments; a model host "
+                               f"accepts at most {MAX_ARGUMENTS}: pass a list or a dict instead")
     args = []
     for argument in sorted(arguments, key=lambda a: a.position):
         try:
-            args.append(decode_variant(argument.data))
+            args.append(decode_value(argument.data.type, argument.data.value))
         except VariantError as exc:
             raise VariantError(f"positional argument {argument.position}: {exc}") from None
     kwargs = {}
     for kw in kw_arguments:
-        if not kw.keyword.isidentifier():
-            raise VariantError(f"keyword argument {kw.keyword!r} is not a valid Python name")
+        keyword = kw.keyword
+        if len(keyword) > MAX_KEYWORD_LENGTH or not keyword.isidentifier():
+            raise VariantError(f"keyword argument {keyword[:80]!r} is not a valid Python name "
+                               f"(of at most {MAX_KEYWORD_LENGTH} characters)")
         try:
-            kwargs[kw.keyword] = decode_variant(kw.data)
+            kwargs[keyword] = decode_value(kw.data.type, kw.data.value)
         except VariantError as exc:
-            raise VariantError(f"keyword argument {kw.keyword!r}: {exc}") from None
+            raise VariantError(f"keyword argument {keyword!r}: {exc}") from None
     return args, kwargs
 
 
@@ -454,8 +471,10 @@ async def _recv_bounded(
     if len(data) != length:
         raise GRPCError(GrpcStatus.INVALID_ARGUMENT,
                         f"the request was cut short: {len(data)} of {length} bytes arrived")
+    # protobuf's C parser: linear in the request's size whatever its bytes (betterproto2 took
+    # 60 s of CPU on a 1 MiB argument of zero bytes; this rejects it in microseconds).
     try:
-        return message_type.parse(data)
-    except Exception as exc:
+        return message_type.FromString(data)
+    except Exception as exc:  # DecodeError, and anything a hostile message provokes
         raise GRPCError(GrpcStatus.INVALID_ARGUMENT,
                         f"the request is not a valid {message_type.__name__}: {exc}") from None

@@ -81,7 +81,7 @@ class ResultDecoder:
             except msgspec.ValidationError as exc:
                 raise ValueError(f"result does not match {_type_name(self.returns)}: {exc}") \
                     from None
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, UnicodeDecodeError):
                 decoded = decode_json(value)  # NaN/Infinity tokens: read, then validate below
         else:
             decoded = decode_value(variant_type, value)

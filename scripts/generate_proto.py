@@ -5,9 +5,10 @@
 
 Two outputs:
 - model_runner/wire/generated: betterproto2 messages and grpclib stubs, what both halves use;
-- model_runner_client/grpc/generated: protobuf `*_pb2` modules, the import path and keyword
-  spelling (`Argument(position=1, data=Variant(type=VariantType.JSON, value=...))`) that
-  coordinators written for model-runner-client 0.14 use. Only the compatibility layer reads them.
+- model_runner/wire/pb2: protobuf `*_pb2` modules. The host parses requests with them
+  (protobuf's C parser: linear time whatever the bytes), and model_runner_client/grpc/generated
+  re-exports them under the import path and keyword spelling (`Argument(position=1,
+  data=Variant(type=VariantType.JSON, value=...))`) of model-runner-client 0.14.
 
 Needs the test extra (grpcio-tools, betterproto2-compiler, ruff); the compiler runs `ruff`, so the
 interpreter's bin folder is put first on PATH.
@@ -27,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 GENERATED_DIR = ROOT / "model_runner" / "wire" / "generated"
-PB2_DIR = ROOT / "model_runner_client" / "grpc" / "generated"
+PB2_DIR = ROOT / "model_runner" / "wire" / "pb2"
 #: Where each output goes, relative to --out.
 OUTPUTS = {"betterproto2": GENERATED_DIR.relative_to(ROOT), "pb2": PB2_DIR.relative_to(ROOT)}
 
@@ -78,8 +79,7 @@ def generate_pb2(out: Path) -> None:
         for path in Path(tmp).glob("*_pb2.py*"):
             _fix_pb2(path)
         Path(tmp, "__init__.py").write_text(
-            '"""The protobuf messages coordinators written for model-runner-client 0.14 '
-            'import."""\n')
+            '"""protobuf messages of proto/*.proto (scripts/generate_proto.py writes them)."""\n')
         _replace(tmp, out)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 
 import pytest
 from grpclib.client import Channel
@@ -103,5 +104,77 @@ async def test_lying_length_prefix_is_refused(toolbox_host: HostProcess) -> None
             with pytest.raises(GRPCError) as refused:
                 await stream.recv_message()
         assert refused.value.status is GrpcStatus.RESOURCE_EXHAUSTED
+    finally:
+        channel.close()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+HOSTILE_BODIES = {
+    # Well-formed: a million empty arguments (6 MB); betterproto2 took 35 s to parse it.
+    "a million empty arguments": b"\x0a\x04echo" + b"\x12\x00" * 1_000_000,
+    # Malformed: one argument of 1 MiB of zero bytes; betterproto2 took 60 s of CPU on it.
+    "an argument of zero bytes": b"\x0a\x04echo\x12" + _varint(2**20) + bytes(2**20),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", sorted(HOSTILE_BODIES))
+async def test_large_hostile_requests_are_cheap_and_never_block_health(
+        toolbox_host: HostProcess, case: str) -> None:
+    """Read and refused in well under a second, while health (on another connection) keeps
+    answering promptly."""
+    channel = Channel("127.0.0.1", toolbox_host.port, codec=PassthroughCodec())
+    prober = Channel("127.0.0.1", toolbox_host.port)
+    latencies: list[float] = []
+    sending = True
+
+    async def probe() -> None:
+        while sending:
+            started = time.monotonic()
+            await HealthStub(prober).Check(HealthCheckRequest(), timeout=10)
+            latencies.append(time.monotonic() - started)
+            await asyncio.sleep(0.01)
+
+    try:
+        await setup(DynamicSubclassServiceStub(channel))
+        probing = asyncio.ensure_future(probe())
+        started = time.monotonic()
+        try:
+            reply = CallResponse.parse(await send_raw(channel, HOSTILE_BODIES[case]))
+            assert reply.status is not None and reply.status.code == StatusCode.INVALID_ARGUMENT
+            assert "at most 1024" in reply.status.message
+        except GRPCError as refused:
+            assert refused.status is GrpcStatus.INVALID_ARGUMENT and refused.message
+            assert case == "an argument of zero bytes"
+        elapsed = time.monotonic() - started
+        sending = False
+        await probing
+        assert elapsed < 3.0, elapsed  # generous: the request itself is 1-6 MB on loopback
+        assert latencies and max(latencies) < 1.0, latencies
+    finally:
+        channel.close()
+        prober.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("type_,value", [(3, b"\xff\xfe"), (6, b'"\xff"'), (6, b"[\xc3]")])
+async def test_invalid_utf8_arguments_are_invalid_argument(toolbox_host: HostProcess,
+                                                           type_: int, value: bytes) -> None:
+    channel = Channel("127.0.0.1", toolbox_host.port, codec=PassthroughCodec())
+    try:
+        await setup(DynamicSubclassServiceStub(channel))
+        body = bytes(CallRequest(method_name="echo", method_arguments=[
+            Argument(position=0, data=Variant(type=type_, value=value))]))
+        reply = CallResponse.parse(await send_raw(channel, body))
+        assert reply.status is not None and reply.status.code == StatusCode.INVALID_ARGUMENT
+        assert "UTF-8" in reply.status.message
     finally:
         channel.close()

@@ -248,6 +248,8 @@ def decode_json(data: bytes) -> Any:
         return _json_decoder.decode(data)
     except RecursionError:
         raise VariantError("JSON is nested too deeply to decode; flatten the value") from None
+    except UnicodeDecodeError as exc:  # msgspec raises it for invalid UTF-8 inside a string
+        raise VariantError(f"JSON must be valid UTF-8: {exc}") from None
     except msgspec.DecodeError:
         pass  # maybe NaN/Infinity tokens, which msgspec rejects; the standard parser reads them
     try:

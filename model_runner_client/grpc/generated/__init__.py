@@ -1,1 +1,1 @@
-"""The protobuf messages coordinators written for model-runner-client 0.14 import."""
+"""The protobuf messages under model-runner-client 0.14's import path (model_runner.wire.pb2)."""

@@ -10,6 +10,14 @@ from starter_challenge.tracker import TrackerBase
 LOADED_AT = time.time()
 
 
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("this exception cannot be printed")
+
+    def __repr__(self):
+        raise RuntimeError("nor represented")
+
+
 class Toolbox(TrackerBase):
     def __init__(self, *args, **kwargs):
         self.init_args = list(args)
@@ -79,6 +87,15 @@ class Toolbox(TrackerBase):
 
     def kill(self):
         os._exit(1)
+
+    def interrupt(self):
+        raise KeyboardInterrupt
+
+    def unprintable(self):
+        raise Unprintable()
+
+    def leave_thread(self):
+        threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
 
     @property
     def prop(self):

@@ -1,0 +1,1 @@
+"""protobuf messages of proto/*.proto (scripts/generate_proto.py writes them)."""
