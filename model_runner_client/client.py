@@ -8,8 +8,11 @@ every connection, so no task or socket outlives the client.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import math
 import random
+import re
 import resource
 import ssl as _ssl
 from collections.abc import (
@@ -54,7 +57,31 @@ PerModel = Callable[[ModelEndpoint], tuple[Sequence[Any], Mapping[str, Any] | No
 _FD_HEADROOM = 64
 #: Departed models remembered, so results for them can still carry their metadata.
 _DEPARTED_KEPT = 10_000
+#: Setups (connect + Setup) in flight at once: 10,000 joining entries at an address that
+#: refuses connections, all set up at once, held the loop 5-21 s and ticks with it.
+MAX_CONCURRENT_SETUPS = 64
 _CONNECTION_ERRORS = (OSError, TimeoutError, GRPCError, StreamTerminatedError, ProtocolError)
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` cannot be connected to, or None: an IP address or a DNS name (labels of 1 to
+    63 letters, digits, '-' or '_'; 253 characters at most)."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        ascii_name = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        return f"host name {host[:80]!r} is not a valid DNS name ({exc})"
+    labels = ascii_name.rstrip(".").split(".")
+    if len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return f"host name {host[:80]!r} is not a valid DNS name or IP address"
+    return None
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 def _is_credentials_error(exc: BaseException) -> bool:
@@ -164,6 +191,13 @@ class ModelRunnerClient:
             self._events.add_callback(on_event)
         self._slots: dict[str, _Slot] = {}
         self._departed: dict[str, ModelEndpoint] = {}
+        #: Every model id ever held (ids only, so the memory of departed ones can be bounded
+        #: without a held-then-forgotten id passing for one never held).
+        self._ever_held: set[str] = set()
+        self._setups = anyio.Semaphore(MAX_CONCURRENT_SETUPS)
+        # Events and failure reports, delivered in order by one task (`_dispatch`).
+        self._notices, self._notices_out = anyio.create_memory_object_stream[
+            ModelEvent | FailureReport](math.inf)
         self._reported: set[tuple[str, str]] = set()
         self._changed = anyio.Event()
         #: The source has delivered its first complete list (the orchestrator's `init`).
@@ -231,6 +265,7 @@ class ModelRunnerClient:
     async def _run_background(self, started: anyio.Event) -> None:
         async with anyio.create_task_group() as group:
             self._group = group
+            group.start_soon(_guarded, self._dispatch)
             group.start_soon(_guarded, self._run_source)
             started.set()
             await anyio.sleep_forever()
@@ -241,6 +276,18 @@ class ModelRunnerClient:
         except Exception:
             logger.exception("the model source %r failed; the client keeps the models it has",
                              self._source)
+
+    async def _dispatch(self) -> None:
+        """Deliver events and failure reports one at a time, in the order they happened."""
+        async for notice in self._notices_out:
+            if isinstance(notice, FailureReport):
+                await self._deliver_report(notice)
+            else:
+                await self._events.call_back(notice)
+
+    def _notify_event(self, event: ModelEvent) -> None:
+        self._events.publish(event)  # iterators get it at once
+        self._notices.send_nowait(event)  # callbacks, in order, from `_dispatch`
 
     async def _wait_listed(self, timeout: float | None) -> bool:
         """Whether the source listed its models within `timeout` seconds."""
@@ -266,6 +313,18 @@ class ModelRunnerClient:
         if (endpoint.model_id, endpoint.deployment_id) in self._reported:
             logger.info("not adding %s again: this deployment was reported as failed", endpoint)
             return
+        problem = _host_problem(endpoint.ip)
+        if problem is not None:
+            # Never connectable: report it now rather than leave it pending forever.
+            current = self._slots.get(endpoint.model_id)
+            if current is not None:
+                self._drop(current, f"replaced by a deployment at an impossible address: "
+                                    f"{problem}")
+            self._ever_held.add(endpoint.model_id)
+            self._departed[endpoint.model_id] = endpoint
+            self._report(endpoint, "CONNECTION_FAILED", f"{problem}; the orchestrator gave "
+                                                        "an address no connection can reach")
+            return
         current = self._slots.get(endpoint.model_id)
         if current is not None:
             same_place = (current.endpoint.deployment_id == endpoint.deployment_id
@@ -285,6 +344,7 @@ class ModelRunnerClient:
                                                    self.max_consecutive_timeouts),
                      previous=previous)
         self._slots[endpoint.model_id] = slot
+        self._ever_held.add(endpoint.model_id)
         self._check_descriptors()
         self._spawn(self._bring_up, slot)
         self._notify()
@@ -349,8 +409,7 @@ class ModelRunnerClient:
         if report_code is not None:
             self._report(slot.endpoint, report_code, reason)
         if was_ready:
-            self._spawn(self._events.publish, ModelEvent(EventKind.LEFT, slot.endpoint,
-                                                         reason=reason))
+            self._notify_event(ModelEvent(EventKind.LEFT, slot.endpoint, reason=reason))
         else:
             logger.warning("model %s dropped before it was ready: %s", slot.endpoint, reason)
         self._notify()
@@ -361,7 +420,7 @@ class ModelRunnerClient:
             return  # one report per deployment: the orchestrator stops the model for good
         self._reported.add(key)
         logger.warning("reporting %s as %s: %s", endpoint, code, reason)
-        self._spawn(self._deliver_report, FailureReport(endpoint, code, reason))
+        self._notices.send_nowait(FailureReport(endpoint, code, reason))
 
     async def _deliver_report(self, report: FailureReport) -> None:
         if self.link is not None:
@@ -405,13 +464,16 @@ class ModelRunnerClient:
             if slot.gone:
                 return
             try:
-                code, message = await slot.connection.setup(self._setup_payload,
-                                                             self.setup_timeout)
+                async with self._setups:
+                    if slot.gone:
+                        return
+                    code, message = await slot.connection.setup(self._setup_payload,
+                                                                 self.setup_timeout)
             except UntrustedHost as exc:
                 self._drop(slot, f"the host failed the identity check: {exc}",
                            "CONNECTION_FAILED")
                 return
-            except _CONNECTION_ERRORS as exc:
+            except Exception as exc:  # grpclib/asyncio errors, and odd ones (UnicodeError, ...)
                 if slot.gone:
                     return  # discarded while connecting: its connection was closed
                 if _is_credentials_error(exc):
@@ -445,7 +507,7 @@ class ModelRunnerClient:
                         event = ModelEvent(EventKind.REDEPLOYED, endpoint, previous=previous)
                     else:
                         event = ModelEvent(EventKind.JOINED, endpoint)
-                    self._spawn(self._events.publish, event)
+                    self._notify_event(event)
                 return
             if code in (StatusCode.BAD_IMPLEMENTATION, StatusCode.SETUP_FAILED):
                 self._drop(slot, f"Setup answered {code}: {message}", "BAD_IMPLEMENTATION")
@@ -582,7 +644,9 @@ class ModelRunnerClient:
         sent: list[tuple[int, _Slot]] = []
         for index, ((model_id, slot), payload) in enumerate(zip(targets, payloads, strict=True)):
             if slot is None:
-                results[index] = CallResult.make(self._departed[model_id], CallStatus.FAILURE,
+                # Departed long ago, its metadata may be forgotten (the memory is bounded).
+                departed = self._departed.get(model_id) or ModelEndpoint(model_id, "", 0)
+                results[index] = CallResult.make(departed, CallStatus.FAILURE,
                                                  detail="not called: the model has left")
             elif not slot.ready:
                 results[index] = CallResult.make(
@@ -601,7 +665,7 @@ class ModelRunnerClient:
         outcomes = await self._fanout.run(jobs, deadline, decoder) if jobs else []
         # Every model unreachable at once is the coordinator's network, not the models' fault.
         blame = len(outcomes) < 2 or any(o.kind is not Kind.UNREACHABLE for o in outcomes)
-        if not blame:
+        if not blame and not self._closed:  # (closing ends every call: no news)
             logger.warning("all %d models were unreachable in this call: the coordinator's "
                            "network is likely down; not counting it against the models",
                            len(outcomes))
@@ -625,7 +689,7 @@ class ModelRunnerClient:
                 continue
             seen.add(model_id)
             slot = self._slots.get(model_id)
-            if slot is None and model_id not in self._departed:
+            if slot is None and model_id not in self._ever_held:
                 raise UnknownModelError(
                     f"models= names {model_id!r}, which this client has never held; "
                     "pick ids from client.models")

@@ -51,7 +51,11 @@ EventCallback = Callable[[ModelEvent], Awaitable[None] | None]
 
 
 class EventHub:
-    """Fans events out to subscribers (each with its own unbounded buffer) and callbacks."""
+    """Fans events out to subscribers (each with its own unbounded buffer) and callbacks.
+
+    `publish` hands an event to every subscriber at once; `call_back` runs the callbacks. The
+    client calls both for each event from one task, so every consumer sees events in order.
+    """
 
     def __init__(self) -> None:
         self._streams: list[MemoryObjectSendStream[ModelEvent]] = []
@@ -65,7 +69,7 @@ class EventHub:
         self._streams.append(send)
         return receive
 
-    async def publish(self, event: ModelEvent) -> None:
+    def publish(self, event: ModelEvent) -> None:
         logger.info("%s %s%s", event.kind.value, event.model,
                     f": {event.reason}" if event.reason else "")
         for stream in list(self._streams):
@@ -73,6 +77,8 @@ class EventHub:
                 stream.send_nowait(event)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._streams.remove(stream)  # the subscriber went away
+
+    async def call_back(self, event: ModelEvent) -> None:
         for callback in list(self._callbacks):
             try:
                 outcome = callback(event)

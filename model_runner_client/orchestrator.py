@@ -10,8 +10,10 @@ Messages repeat and arrive out of order, so every entry is checked against what 
 - a model missing from a fresh `init` is gone.
 
 The link reconnects forever with capped exponential backoff and jitter; meanwhile the client
-keeps calling the models it holds. Failure reports wait in a queue for the next connection and
-are sent once per (model_id, deployment_id).
+keeps calling the models it holds. Failure reports wait in a queue that one task per connection
+drains, in order, once per (model_id, deployment_id). No frame can stop the link: whatever
+handling one raises (RecursionError from 100,000 nested brackets included) is logged and the
+frame skipped; large frames are applied in slices that let ticks run in between.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -38,6 +41,10 @@ logger = logging.getLogger(__name__)
 _STATES = {"RUNNING", "STOPPED", "RECOVERING"}
 #: Retired deployments remembered per link (bounded: a long competition sees many redeploys).
 _RETIRED_KEPT = 50_000
+#: Entries applied between two yields to the event loop (10,000 at once held it for seconds).
+SLICE = 200
+#: Largest frame accepted: an `init` of thousands of models is several MB.
+MAX_FRAME = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -100,15 +107,15 @@ class OrchestratorLink:
         self.backoff_max = backoff_max
         self.open_timeout = open_timeout
         self.connections = 0
-        self._ws: ClientConnection | None = None
         self._outbox: deque[dict[str, Any]] = deque()
+        self._outbox_changed: anyio.Event | None = None
         self._reported: set[tuple[str, str]] = set()
         self._retired: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     # --- reports ---------------------------------------------------------------------------
 
     async def report(self, report: FailureReport) -> None:
-        """Queue a failure report (the client's on_failure); sent now if connected."""
+        """Queue a failure report (the client's on_failure); sent at once if connected."""
         model = report.model
         key = (model.model_id, model.deployment_id)
         if key in self._reported:
@@ -120,18 +127,20 @@ class OrchestratorLink:
             return
         self._outbox.append({"model_id": model.model_id, "failure_code": report.code,
                              "failure_reason": report.reason, "ip": model.ip})
-        await self._flush()
+        if self._outbox_changed is not None:
+            self._outbox_changed.set()
 
-    async def _flush(self) -> None:
-        ws = self._ws
-        while ws is not None and self._outbox:
-            item = self._outbox[0]
-            try:
+    async def _send_reports(self, ws: ClientConnection) -> None:
+        """The one sender of reports on a connection: a report leaves the queue only once sent
+        (then it is not sent again); if the connection drops first, the next one sends it."""
+        while True:
+            self._outbox_changed = anyio.Event()
+            while self._outbox:
+                item = self._outbox[0]
                 await ws.send(json.dumps({"event": "report_failure", "data": [item]}))
-            except websockets.ConnectionClosed:
-                return  # stays queued for the next connection
-            self._outbox.popleft()
-            logger.info("reported %s as %s", item["model_id"], item["failure_code"])
+                self._outbox.popleft()
+                logger.info("reported %s as %s", item["model_id"], item["failure_code"])
+            await self._outbox_changed.wait()
 
     # --- the link --------------------------------------------------------------------------
 
@@ -140,56 +149,68 @@ class OrchestratorLink:
         while True:
             try:
                 async with websockets.connect(self.url, open_timeout=self.open_timeout,
-                                              max_size=64 * 2**20, proxy=None) as ws:
+                                              max_size=MAX_FRAME, proxy=None) as ws:
                     logger.info("connected to the orchestrator at %s", self.url)
                     attempt = 0
                     self.connections += 1
-                    self._ws = ws
-                    await self._flush()
-                    async for frame in ws:
-                        self.handle(frame, registry)
+                    async with anyio.create_task_group() as group:
+                        group.start_soon(self._send_reports, ws)
+                        async for frame in ws:
+                            await self.handle(frame, registry)
+                        group.cancel_scope.cancel()
                 logger.warning("the orchestrator closed the link; reconnecting")
-            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            # except*: the reader and the report sender share a task group, which raises
+            # its tasks' errors as a group.
+            except* (OSError, TimeoutError, websockets.WebSocketException) as group:
+                exc = group.exceptions[0]
                 logger.warning("orchestrator link to %s down (%s: %s); reconnecting", self.url,
                                type(exc).__name__, exc)
             finally:
-                self._ws = None
+                self._outbox_changed = None
             delay = min(self.backoff_max, self.backoff_initial * 2 ** attempt)
             attempt = min(attempt + 1, 30)
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
 
-    def handle(self, frame: str | bytes, registry: ModelRegistry) -> None:
-        """Apply one frame; anything malformed is logged and skipped."""
+    async def handle(self, frame: str | bytes, registry: ModelRegistry) -> None:
+        """Apply one frame; anything malformed is logged and skipped, and nothing raised while
+        handling it stops the link."""
+        try:
+            await self._handle(frame, registry)
+        except Exception as exc:  # RecursionError, MemoryError on absurd frames, our bugs
+            logger.error("skipping a frame that could not be handled (%s: %s): %.200r",
+                         type(exc).__name__, exc, frame)
+
+    async def _handle(self, frame: str | bytes, registry: ModelRegistry) -> None:
         try:
             message = json.loads(frame)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             logger.warning("skipping a frame that is not JSON (%s): %.200r", exc, frame)
             return
         if not isinstance(message, dict) or not isinstance(message.get("data"), list):
             logger.warning("skipping a frame without an event and a data list: %.200r", frame)
             return
         event = message.get("event")
+        if event not in ("init", "update"):
+            logger.warning("skipping unknown event %r", event)
+            return
         entries: list[Entry] = []
-        for raw in message["data"]:
+        for index, raw in enumerate(message["data"]):
             try:
                 entries.append(parse_entry(raw))
             except ValueError as exc:
                 logger.warning("skipping an entry of %r: %s: %.200r", event, exc, raw)
+            if index % SLICE == SLICE - 1:
+                await anyio.lowlevel.checkpoint()
         if event == "init":
-            self._apply_init(entries, registry)
-        elif event == "update":
-            for entry in entries:
-                self._apply(entry, registry)
-        else:
-            logger.warning("skipping unknown event %r", event)
-
-    def _apply_init(self, entries: list[Entry], registry: ModelRegistry) -> None:
-        running = {e.model_id for e in entries if e.state == "RUNNING"}
-        for model_id in registry.model_ids() - running:
-            registry.remove(model_id, "not in the orchestrator's list after reconnecting")
-        for entry in entries:
+            running = {e.model_id for e in entries if e.state == "RUNNING"}
+            for model_id in registry.model_ids() - running:
+                registry.remove(model_id, "not in the orchestrator's list after reconnecting")
+        for index, entry in enumerate(entries):
             self._apply(entry, registry)
-        registry.listed()
+            if index % SLICE == SLICE - 1:
+                await anyio.lowlevel.checkpoint()  # ticks and health probes run between slices
+        if event == "init":
+            registry.listed()
 
     def _apply(self, entry: Entry, registry: ModelRegistry) -> None:
         key = (entry.model_id, entry.deployment_id)

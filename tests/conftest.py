@@ -1,13 +1,15 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from hypothesis import HealthCheck, settings
 
 from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess
+from tests.peer import Peer
 
 settings.register_profile("default", deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -35,3 +37,13 @@ toolbox_host = _module_host(TEST_SUBMISSIONS / "toolbox")
 good_host = _module_host(SUBMISSIONS / "good_tracker")
 raising_host = _module_host(SUBMISSIONS / "raising_tracker")
 bad_host = _module_host(SUBMISSIONS / "no_subclass")
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[Peer]:
+    """A scripted orchestrator on 127.0.0.1 (see tests/peer.py)."""
+    scripted = Peer()
+    async with websockets.serve(scripted.handler, "127.0.0.1", 0) as server:
+        scripted.server = server
+        scripted.port = server.sockets[0].getsockname()[1]
+        yield scripted

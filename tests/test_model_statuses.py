@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 @pytest.mark.parametrize("method,needle", [
     ("interrupt", "Toolbox.interrupt raised KeyboardInterrupt"),
     ("unprintable", "Toolbox.unprintable raised Unprintable: (its message could not be read"),
-    ("kill", "the model called os._exit(1)"),
+    ("os_exit", "the model called os._exit(1)"),
 ])
 async def test_method_misbehaviour_is_model_failed(toolbox_host: HostProcess, method: str,
                                                    needle: str) -> None:

@@ -3,88 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import websockets
-from websockets.asyncio.server import ServerConnection
 
-from model_runner_client import CallStatus, EventKind, ModelEvent, ModelRunnerClient
+from model_runner_client import CallStatus, EventKind, ModelEvent
 from model_runner_client.orchestrator import parse_entry
-from tests.hosts import BASE, TEST_SUBMISSIONS, HostProcess, until
+from tests.hosts import TEST_SUBMISSIONS, HostProcess, until
+from tests.peer import Peer, client_for, entry, ids
 
 pytestmark = pytest.mark.anyio
-
-
-def entry(model_id: str, host: HostProcess | int | str, deployment: str = "d1",
-          state: str = "RUNNING", ip: str = "127.0.0.1", **extra: Any) -> dict[str, Any]:
-    port = host.port if isinstance(host, HostProcess) else host
-    return {"model_id": model_id, "deployment_id": deployment, "state": state, "ip": ip,
-            "port": port, "infos": {"model_name": f"{model_id}-name", "cruncher_id": "c1",
-                                    "cruncher_name": "alice", "cruncher_wallet_pubkey": "w",
-                                    "cruncher_hotkey": None}, **extra}
-
-
-class Peer:
-    """A scripted orchestrator: sends `init` on each connection, records what clients send."""
-
-    def __init__(self) -> None:
-        self.init: list[dict[str, Any]] = []
-        self.received: list[dict[str, Any]] = []
-        self.connections: list[ServerConnection] = []
-        self.server: Any = None
-        self.port = 0
-
-    async def handler(self, ws: ServerConnection) -> None:
-        self.connections.append(ws)
-        await ws.send(json.dumps({"event": "init", "data": self.init}))
-        try:
-            async for frame in ws:
-                self.received.append(json.loads(frame))
-        except websockets.ConnectionClosed:
-            pass
-
-    async def send(self, event: str, data: Any) -> None:
-        await self.connections[-1].send(json.dumps({"event": event, "data": data}))
-
-    async def send_raw(self, text: str) -> None:
-        await self.connections[-1].send(text)
-
-    async def drop(self) -> None:
-        await self.connections[-1].close()
-
-    @property
-    def reports(self) -> list[tuple[str, str]]:
-        return [(item["model_id"], item["failure_code"]) for message in self.received
-                if message["event"] == "report_failure" for item in message["data"]]
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[Peer]:
-    scripted = Peer()
-    async with websockets.serve(scripted.handler, "127.0.0.1", 0) as server:
-        scripted.server = server
-        scripted.port = server.sockets[0].getsockname()[1]
-        yield scripted
-
-
-def client_for(peer: Peer, events: list[ModelEvent] | None = None,
-               **options: Any) -> ModelRunnerClient:
-    options.setdefault("timeout", 2.0)
-    client = ModelRunnerClient("crunch", "127.0.0.1", peer.port, base_classname=BASE,
-                               on_event=events.append if events is not None else None,
-                               **options)
-    assert client.link is not None
-    client.link.backoff_initial = 0.05  # reconnect fast in tests
-    return client
-
-
-def ids(client: ModelRunnerClient) -> set[str]:
-    return {m.model_id for m in client.models}
 
 
 async def test_init_and_updates_drive_the_model_set(peer: Peer, good_host: HostProcess,

@@ -1,6 +1,7 @@
 """A tracker that misbehaves in the way the FAULT environment variable names."""
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -48,7 +49,7 @@ class Faulty(TrackerBase):
         if FAULT == "oversized":
             return "x" * 1_000_000
         if FAULT == "exit":
-            os._exit(1)
+            os.kill(os.getpid(), signal.SIGKILL)  # the host dies mid-call
         if FAULT == "close":
             _close_sockets()
             time.sleep(0.05)

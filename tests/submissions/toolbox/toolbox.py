@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import signal
 import threading
 import time
 
@@ -86,6 +87,9 @@ class Toolbox(TrackerBase):
         return "x" * size
 
     def kill(self):
+        os.kill(os.getpid(), signal.SIGKILL)  # the process dies (os._exit is contained)
+
+    def os_exit(self):
         os._exit(1)
 
     def interrupt(self):

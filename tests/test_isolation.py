@@ -1,0 +1,160 @@
+"""Nothing a peer sends harms anyone else: the orchestrator link survives any frame and stays
+responsive under huge updates, impossible addresses are reported instead of left pending, and
+reports and events go out once each, in order."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from model_runner_client import (
+    CallStatus,
+    EventKind,
+    FailureReport,
+    ModelEndpoint,
+    ModelEvent,
+    ModelRunnerClient,
+    OrchestratorLink,
+)
+from model_runner_client import client as client_module
+from tests.hosts import BASE, HostProcess, until
+from tests.peer import Peer, client_for, entry, ids
+
+pytestmark = pytest.mark.anyio
+
+
+def refused_port() -> int:
+    """A port on 127.0.0.1 where nothing listens: connections are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_the_link_survives_a_frame_of_nested_brackets(peer: Peer,
+                                                            good_host: HostProcess) -> None:
+    """100,000 nested brackets raise RecursionError in the JSON parser: skipped, and the link
+    goes on applying updates and sending reports."""
+    async with client_for(peer) as client:
+        await client.wait_for_models(timeout=20)
+        await peer.send_raw('{"event": "update", "data": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        await peer.send_raw("[" * 100_000)
+        await peer.send("update", [entry("late", good_host)])
+        await client.wait_for_models(1, timeout=20)
+        assert ids(client) == {"late"}
+        await peer.send("update", [entry("nowhere", refused_port())])
+        await until(lambda: ("nowhere", "CONNECTION_FAILED") in peer.reports, timeout=60)
+        assert client.link is not None and client.link.connections == 1
+
+
+async def test_an_init_of_several_megabytes_is_accepted(peer: Peer,
+                                                        good_host: HostProcess) -> None:
+    padding = "x" * 1000
+    peer.init = [entry("real", good_host)] + [
+        entry(f"gone-{i}", good_host, state="STOPPED", deployment="old", padding=padding)
+        for i in range(5000)]
+    assert len(json.dumps({"event": "init", "data": peer.init})) > 5_000_000
+    async with client_for(peer) as client:
+        await client.wait_for_models(timeout=30)
+        assert ids(client) == {"real"}
+
+
+async def test_ten_thousand_unreachable_entries_do_not_starve_ticks(
+        peer: Peer, good_host: HostProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update of 10,000 entries at a refusing address, while a healthy model is ticked with a
+    1 s timeout: every tick stays bounded, the healthy model stays SUCCESS and unreported, and
+    after the 10,000 departures (more than the client remembers) it is still called by id."""
+    monkeypatch.setattr(client_module, "_DEPARTED_KEPT", 1000)
+    peer.init = [entry("good", good_host)]
+    dead = refused_port()
+    async with client_for(peer, timeout=1.0, connect_attempts=1) as client:
+        await client.wait_for_models(1, timeout=20)
+        await peer.send("update", [entry(f"dead-{i}", dead) for i in range(10_000)])
+        durations = []
+        started = time.monotonic()
+        while len(peer.reports) < 10_000 and time.monotonic() - started < 120:
+            tick = time.monotonic()
+            results = await client.call("predict", "BTC", 2, models=["good"])
+            durations.append(time.monotonic() - tick)
+            assert results["good"].status is CallStatus.SUCCESS, results["good"].detail
+            await anyio.sleep(0.05)
+        assert len(peer.reports) == 10_000
+        assert ("good", "MULTIPLE_TIMEOUT") not in peer.reports
+        assert max(durations) < 1.0 + 1.0, max(durations)  # timeout + a generous margin
+        assert (await client.call("predict", "BTC", 1, models=["good"]))["good"].ok
+        forgotten = await client.call("predict", "BTC", 1, models=["dead-0"])
+        assert forgotten["dead-0"].status is CallStatus.FAILURE
+        assert forgotten["dead-0"].detail == "not called: the model has left"
+
+
+@pytest.mark.parametrize("ip,needle", [("a" * 64 + ".example", "not a valid DNS name"),
+                                       ("host\x00name", "not a valid DNS name"),
+                                       ("-bad-.example", "not a valid DNS name")])
+async def test_impossible_host_names_are_reported_not_left_pending(
+        peer: Peer, good_host: HostProcess, ip: str, needle: str) -> None:
+    peer.init = [entry("good", good_host), entry("odd", good_host, ip=ip)]
+    async with client_for(peer) as client:
+        await client.wait_for_models(timeout=20)  # returns: nothing stays pending
+        assert ids(client) == {"good"} and client.pending == []
+        await until(lambda: ("odd", "CONNECTION_FAILED") in peer.reports)
+        reason = next(item["failure_reason"] for message in peer.received
+                      for item in message["data"] if item["model_id"] == "odd")
+        assert needle in reason
+        await peer.send("update", [entry("odd", good_host, ip=ip)])  # repeated: reported once
+        await peer.send("update", [entry("other", good_host)])
+        await client.wait_for_models(2, timeout=20)
+        assert peer.reports.count(("odd", "CONNECTION_FAILED")) == 1
+
+
+class _SlowSocket:
+    """A websocket whose send suspends, as websockets' does under back-pressure."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, text: str) -> None:
+        await anyio.sleep(0.01)
+        self.sent.append(json.loads(text)["data"][0]["model_id"])
+
+
+async def test_reports_go_out_once_each_in_order_under_back_pressure() -> None:
+    link = OrchestratorLink("crunch", "127.0.0.1", 1)
+    ws = _SlowSocket()
+    models = [ModelEndpoint(f"m{i}", "127.0.0.1", 1, "d1") for i in range(3)]
+    async with anyio.create_task_group() as group:
+        group.start_soon(link._send_reports, ws)
+        await anyio.lowlevel.checkpoint()
+        async with anyio.create_task_group() as reporters:  # three reports at once
+            for model in models:
+                reporters.start_soon(link.report, FailureReport(model, "MULTIPLE_FAILED", "x"))
+        await until(lambda: len(ws.sent) >= 3)
+        await anyio.sleep(0.05)  # would a duplicate follow?
+        group.cancel_scope.cancel()
+    assert ws.sent == ["m0", "m1", "m2"]
+
+
+async def test_event_callbacks_run_one_at_a_time_in_order(peer: Peer, good_host: HostProcess,
+                                                          toolbox_host: HostProcess) -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    async def slow_callback(event: ModelEvent) -> None:
+        seen.append(("start", event.kind.value, event.model.model_id))
+        await anyio.sleep(0.05)
+        seen.append(("end", event.kind.value, event.model.model_id))
+
+    peer.init = [entry("a", good_host), entry("b", toolbox_host)]
+    client = ModelRunnerClient("crunch", "127.0.0.1", peer.port, base_classname=BASE,
+                               on_event=slow_callback)
+    async with client:
+        await client.wait_for_models(2, timeout=20)
+        await peer.send("update", [entry("a", good_host, state="STOPPED"),
+                                   entry("b", toolbox_host, state="STOPPED")])
+        await until(lambda: len(seen) == 8)
+    for index in range(0, 8, 2):  # every start is followed by its own end
+        assert seen[index][0] == "start" and seen[index + 1] == ("end", *seen[index][1:])
+    order = [(kind, model) for step, kind, model in seen if step == "start"]
+    assert order[2:] == [(EventKind.LEFT.value, "a"), (EventKind.LEFT.value, "b")]
