@@ -57,6 +57,9 @@ PerModel = Callable[[ModelEndpoint], tuple[Sequence[Any], Mapping[str, Any] | No
 _FD_HEADROOM = 64
 #: Departed models remembered, so results for them can still carry their metadata.
 _DEPARTED_KEPT = 10_000
+#: Largest answer read by default (grpcio's default, which model-runner-client 0.14 used): what
+#: reading one answer may cost is bounded by it (see fanout.py).
+DEFAULT_MAX_ANSWER = 4 * 1024 * 1024
 #: Setups (connect + Setup) in flight at once: 10,000 joining entries at an address that
 #: refuses connections, all set up at once, held the loop 5-21 s and ticks with it.
 MAX_CONCURRENT_SETUPS = 64
@@ -144,7 +147,7 @@ class ModelRunnerClient:
         instance_args: Sequence[Any] = (),
         instance_kwargs: Mapping[str, Any] | None = None,
         max_concurrent_calls: int = 1000,
-        max_receive_message_length: int = 64 * 1024 * 1024,
+        max_receive_message_length: int = DEFAULT_MAX_ANSWER,
         setup_timeout: float = 60.0,
         connect_attempts: int = 8,
         on_failure: FailureCallback | None = None,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -22,7 +24,7 @@ from model_runner_client import (
     OrchestratorLink,
 )
 from model_runner_client import client as client_module
-from tests.hosts import BASE, HostProcess, until
+from tests.hosts import BASE, TEST_SUBMISSIONS, HostProcess, until
 from tests.peer import Peer, client_for, entry, ids
 
 pytestmark = pytest.mark.anyio
@@ -158,3 +160,63 @@ async def test_event_callbacks_run_one_at_a_time_in_order(peer: Peer, good_host:
         assert seen[index][0] == "start" and seen[index + 1] == ("end", *seen[index][1:])
     order = [(kind, model) for step, kind, model in seen if step == "start"]
     assert order[2:] == [(EventKind.LEFT.value, "a"), (EventKind.LEFT.value, "b")]
+
+
+# --- a costly answer costs only its own model ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def four_hosts() -> Iterator[list[HostProcess]]:
+    hosts = [HostProcess(TEST_SUBMISSIONS / "toolbox").start() for _ in range(4)]
+    yield hosts
+    for host in hosts:
+        host.stop()
+
+
+@pytest.mark.parametrize("nested,delay,limit,heavy_status", [
+    # 3.8 MiB of nested lists at once: within the default 4 MiB limit.
+    (1_000_000, 0.0, None, CallStatus.SUCCESS),
+    # 15 MiB: refused from its length prefix by the default limit.
+    (4_000_000, 0.0, None, CallStatus.FAILURE),
+    # 7.6 MiB under a raised limit, arriving just before the honest answers: read on arrival it
+    # held the loop past the deadline; now it is read after the calls settle.
+    (2_000_000, 0.4, 16 * 2**20, CallStatus.SUCCESS),
+])
+async def test_a_costly_answer_costs_only_its_own_model(
+        four_hosts: list[HostProcess], nested: int, delay: float, limit: int | None,
+        heavy_status: CallStatus) -> None:
+    """One model answers with megabytes of nested lists; three honest ones answer after 0.5 s.
+    With timeout=1.0 the honest ones are SUCCESS on every tick (they were once marked TIMEOUT
+    because the heavy answer was decoded first, on the loop, inside the deadline), and no one
+    is reported."""
+    heavy, *honest = four_hosts
+    endpoints = [ModelEndpoint("heavy", "127.0.0.1", heavy.port, "d1")] + [
+        ModelEndpoint(f"honest-{i}", "127.0.0.1", h.port, "d1") for i, h in enumerate(honest)]
+    reports: list[FailureReport] = []
+    options: dict[str, Any] = {} if limit is None else {"max_receive_message_length": limit}
+    client = ModelRunnerClient.from_addresses(endpoints, base_classname=BASE, timeout=1.0,
+                                              on_failure=reports.append,
+                                              max_consecutive_failures=10, **options)
+    async with client:
+        await client.wait_for_models(4, timeout=20)
+        for _ in range(4):
+            started = time.monotonic()
+            results = await client.call("answer", per_model=lambda model: (
+                (delay, nested) if model.model_id == "heavy" else (0.5, 0), None))
+            elapsed = time.monotonic() - started
+            for model in honest_ids(results):
+                assert results[model].status is CallStatus.SUCCESS, results[model].detail
+                assert results[model].output == [1.0]
+                assert results[model].latency_us < 900_000
+            assert results["heavy"].status is heavy_status, results["heavy"].detail
+            if heavy_status is CallStatus.FAILURE:
+                assert "over the client's max_receive_message_length" in results["heavy"].detail
+            else:
+                assert len(results["heavy"].output) == nested
+            # The timeout, plus reading one answer of a few MiB after it, plus a margin.
+            assert elapsed < 1.0 + 1.0, elapsed
+        assert reports == []
+
+
+def honest_ids(results: Any) -> list[str]:
+    return [r.model_id for r in results if r.model_id.startswith("honest")]

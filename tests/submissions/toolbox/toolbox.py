@@ -92,6 +92,11 @@ class Toolbox(TrackerBase):
     def os_exit(self):
         os._exit(1)
 
+    def answer(self, delay=0.0, nested=0):
+        """After `delay` seconds: [1.0], or `nested` one-element lists (a costly answer)."""
+        time.sleep(delay)
+        return [[0]] * nested if nested else [1.0]
+
     def interrupt(self):
         raise KeyboardInterrupt
 
