@@ -105,7 +105,12 @@ def main() -> None:
     options = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     console = Console()
-    sys.exit(anyio.run(run, options, console))
+    try:
+        status = anyio.run(run, options, console)
+    except KeyboardInterrupt:  # the hosts were stopped while the run was cancelled
+        print("demo: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -151,8 +151,11 @@ class LocalOrchestrator:
         try:
             await self._group.__aexit__(None, None, None)
         finally:
-            for host in self._spawned:
-                host.stop()
+            with anyio.CancelScope(shield=True):
+                for host in self._spawned:
+                    host.kill()  # all at once, then wait for each without blocking the loop
+                for host in self._spawned:
+                    await host.stop_async()
             self._server.close()
             await self._server.wait_closed()
 
@@ -243,7 +246,10 @@ class LocalOrchestrator:
                                 python_path=self.python_path, env=dict(model.spec.env))
         # Every host spawned is kept until it exits, and all are stopped on exit: whatever
         # interleaving of crashes, restarts and redeploys, none outlives the orchestrator.
-        self._spawned = {h for h in self._spawned if h.proc is None or h.proc.poll() is None}
+        # (poll() also reaps the ones that exited; kill() ends what they forked.)
+        for old in [h for h in self._spawned if h.proc is not None and h.proc.poll() is not None]:
+            old.kill()
+            self._spawned.discard(old)
         self._spawned.add(host)
         return host
 
@@ -263,13 +269,13 @@ class LocalOrchestrator:
                 await self._start_host(host)
             except RuntimeError as exc:
                 logger.error("model %s did not start: %s", model.spec.id, str(exc)[-500:])
-                host.stop()
+                await host.stop_async()
                 return
             except BaseException:
-                host.stop()  # cancelled while starting (a report, or shutdown): no orphan
+                host.kill()  # cancelled while starting (a report, or shutdown): no orphan
                 raise
             if host is not model.host:
-                host.stop()  # a redeploy replaced this restart while it started
+                await host.stop_async()  # a redeploy replaced this restart while it started
                 return
             await self.broadcast([model.entry("RUNNING")])
             logger.info("model %s RUNNING on port %d", model.deployment_id, host.port)
@@ -313,7 +319,7 @@ class LocalOrchestrator:
             self._set_state(model, "STOPPED")
             for host in (model.host, model.adopted):
                 if host is not None:
-                    host.stop()
+                    await host.stop_async()
             if previous != "STOPPED":
                 await self.broadcast([model.entry()])
 
@@ -331,7 +337,7 @@ class LocalOrchestrator:
         try:
             await self._start_host(new_host)
         except BaseException:
-            new_host.stop()
+            new_host.kill()
             raise
         old, old_host = model.entry("STOPPED"), model.host
         model.deployment += 1
@@ -340,13 +346,13 @@ class LocalOrchestrator:
         await self.broadcast([model.entry("RUNNING")])
         await self.broadcast([old])
         if old_host is not None:
-            old_host.stop()
+            await old_host.stop_async()
 
     def kill(self, model_id: str) -> None:
         """Kill a model's host process (it will be RECOVERING, then restarted)."""
         host = self.models[model_id].host
-        if host is not None and host.proc is not None:
-            host.proc.kill()
+        if host is not None:
+            host.kill()
 
 
 def load_config(path: Path) -> tuple[str, list[ModelSpec], list[Path]]:

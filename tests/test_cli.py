@@ -205,7 +205,5 @@ async def test_host_serves_with_every_option_of_the_existing_runner(how: str) ->
             assert refused.value.status is GrpcStatus.RESOURCE_EXHAUSTED
             assert (await call(stub, "predict", "BTC", 3))[0] == "SUCCESS"
     finally:
-        host.stop(keep_log=True)
-    log = host.log
-    host.log_path.unlink()
-    assert "has_gpu=True main_file=tracker.py resource_directory=/tmp" in log
+        host.stop()
+    assert "has_gpu=True main_file=tracker.py resource_directory=/tmp" in host.log

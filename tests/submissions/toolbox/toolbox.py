@@ -3,6 +3,8 @@
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -96,6 +98,18 @@ class Toolbox(TrackerBase):
         """After `delay` seconds: [1.0], or `nested` one-element lists (a costly answer)."""
         time.sleep(delay)
         return [[0]] * nested if nested else [1.0]
+
+    def flood(self, seconds):
+        """Print as fast as possible for `seconds`: the host's output must stay bounded."""
+        line = "x" * 1000 + "\n"
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            sys.stdout.write(line * 100)
+        sys.stdout.flush()
+
+    def fork_child(self):
+        """A child process that would outlive the host if stopped by PID alone."""
+        return subprocess.Popen(["sleep", "600"]).pid
 
     def interrupt(self):
         raise KeyboardInterrupt
