@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,15 @@ async def ok(stub: DynamicSubclassServiceStub, method: str, *args: Any, **kwargs
 
 
 async def until(predicate: Any, timeout: float = 10.0) -> None:
-    """Wait until `predicate()` is true; fail the test after `timeout` seconds."""
+    """Wait until `predicate()` (or, if it is a coroutine function, `await predicate()`) is
+    true; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+
+    async def check() -> bool:
+        outcome = predicate()
+        return bool(await outcome) if inspect.isawaitable(outcome) else bool(outcome)
+
+    while not await check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)

@@ -9,7 +9,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 from model_runner_client import ModelEvent, ModelRunnerClient
-from tests.hosts import BASE, HostProcess
+from tests.hosts import BASE, HostProcess, until
 
 
 def entry(model_id: str, host: HostProcess | int | str, deployment: str = "d1",
@@ -50,9 +50,14 @@ class Peer:
         await self.connections[-1].close()
 
     @property
-    def reports(self) -> list[tuple[str, str]]:
+    def all_reports(self) -> list[tuple[str, str]]:
         return [(item["model_id"], item["failure_code"]) for message in self.received
                 if message["event"] == "report_failure" for item in message["data"]]
+
+    @property
+    def reports(self) -> list[tuple[str, str]]:
+        """The reports received, less the markers of `settle`."""
+        return [r for r in self.all_reports if not r[0].startswith(MARKER)]
 
 
 def client_for(peer: Peer, events: list[ModelEvent] | None = None,
@@ -68,3 +73,19 @@ def client_for(peer: Peer, events: list[ModelEvent] | None = None,
 
 def ids(client: ModelRunnerClient) -> set[str]:
     return {m.model_id for m in client.models}
+
+
+MARKER = "marker"
+
+
+async def settle(peer: Peer) -> None:
+    """Wait until the client has applied every frame sent so far and delivered every report it
+    made: an entry at an impossible address is reported at once when its frame is applied, and
+    frames are applied, and reports sent, in order. (`peer.reports` leaves markers out.)"""
+    settle.count += 1  # type: ignore[attr-defined]
+    marker = f"{MARKER}-{settle.count}"  # type: ignore[attr-defined]
+    await peer.send("update", [entry(marker, 1, ip="-")])
+    await until(lambda: (marker, "CONNECTION_FAILED") in peer.all_reports, timeout=20)
+
+
+settle.count = 0  # type: ignore[attr-defined]

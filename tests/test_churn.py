@@ -13,7 +13,7 @@ import time
 import pytest
 
 from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec
-from model_runner_client import ModelRunnerClient
+from model_runner_client import CallStatus, ModelRunnerClient
 from tests.hosts import BASE, EXAMPLES, SUBMISSIONS
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +36,10 @@ async def test_no_call_fails_and_no_model_is_lost_under_churn(seed: int) -> None
             deadline = time.monotonic() + 8
             while time.monotonic() < deadline:
                 results = await client.call("predict", "BTC", 2)  # must never raise
-                assert all(r.ok or r.detail for r in results)
+                # Hosts die and move under the calls: a call may time out or find its host
+                # gone, but these models never fail.
+                assert not results.with_status(CallStatus.FAILURE), results.with_status(
+                    CallStatus.FAILURE)
                 ticks += 1
                 if ticks % 6 == 0:
                     victim = f"m{rng.randrange(1, 7)}"
@@ -47,6 +50,6 @@ async def test_no_call_fails_and_no_model_is_lost_under_churn(seed: int) -> None
             await asyncio.gather(*churn)
             await orchestrator.wait_running(timeout=60)
             await client.wait_for_models(7, timeout=60)  # every model back in the client
-            assert (await client.call("predict", "BTC", 2)).counts()
+            assert (await client.call("predict", "BTC", 2)).counts()[CallStatus.SUCCESS] == 7
         spawned = list(orchestrator._spawned)
     assert spawned and all(h.proc is not None and h.proc.poll() is not None for h in spawned)

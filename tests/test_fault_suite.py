@@ -21,7 +21,7 @@ from model_runner_client import (
     ModelEvent,
     ModelRunnerClient,
 )
-from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, TEST_SUBMISSIONS
+from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, TEST_SUBMISSIONS, until
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +59,7 @@ async def test_a_third_of_100_models_faulty() -> None:
             for tick in range(8):
                 call = asyncio.ensure_future(client.call("predict", "BTC", 2))
                 if tick == 2:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # time passes: the redeploy lands mid-tick
                     redeploy = asyncio.ensure_future(orchestrator.redeploy("good-0"))
                 started = time.monotonic()
                 results = await call
@@ -67,7 +67,7 @@ async def test_a_third_of_100_models_faulty() -> None:
                 for result in results:
                     history[result.model_id].append(result)
             await redeploy
-            await asyncio.sleep(1.0)  # reports reach the orchestrator
+            await until(lambda: len(orchestrator.reports) == len(reports), timeout=20)
         orchestrator_reports = Counter(r["model_id"] for r in orchestrator.reports)
 
     # Ticks stay bounded by the timeout, whatever the faulty models do.

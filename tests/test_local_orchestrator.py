@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -51,8 +50,7 @@ async def test_hosts_join_recover_redeploy_and_stop_on_report() -> None:
             await client.call("predict", "BTC", 1, models=["raising"])
             await until(lambda: orchestrator.models["raising"].state == "STOPPED", timeout=20)
             assert [r["failure_code"] for r in orchestrator.reports] == ["MULTIPLE_FAILED"]
-            await asyncio.sleep(0.3)
-            assert "raising" not in {m.model_id for m in client.models}
+            await until(lambda: "raising" not in {m.model_id for m in client.models})
 
 
 async def test_a_host_that_keeps_dying_is_stopped_after_bounded_restarts() -> None:

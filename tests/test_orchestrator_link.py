@@ -12,7 +12,7 @@ import websockets
 from model_runner_client import CallStatus, EventKind, ModelEvent
 from model_runner_client.orchestrator import parse_entry
 from tests.hosts import TEST_SUBMISSIONS, HostProcess, until
-from tests.peer import Peer, client_for, entry, ids
+from tests.peer import Peer, client_for, entry, ids, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -50,7 +50,7 @@ async def test_redeploy_with_running_before_the_old_stopped(peer: Peer, good_hos
         await until(lambda: any(e.kind is EventKind.REDEPLOYED for e in events))
         await peer.send("update", [entry("m", good_host, "d1", state="STOPPED")])  # old, late
         await peer.send("update", [entry("m", good_host, "d1")])  # a stale duplicate RUNNING
-        await asyncio.sleep(0.3)
+        await settle(peer)
         assert [(m.model_id, m.deployment_id, m.port) for m in client.models] == [
             ("m", "d2", toolbox_host.port)]
         results = await client.call("first", 5)  # only the toolbox (d2) has first()
@@ -78,12 +78,14 @@ async def test_a_link_dropped_mid_tick_does_not_disturb_the_tick(peer: Peer,
     async with client_for(peer) as client:
         await client.wait_for_models(1, timeout=20)
         tick = asyncio.ensure_future(client.call("sleep", 0.5))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # time passes: the tick is under way
         await peer.drop()
         results = await tick
         assert results["t"].ok
-        await asyncio.sleep(0.2)
-        assert ids(client) == {"t"}  # models held while the link is down, and after
+        assert ids(client) == {"t"}  # models held while the link is down
+        await until(lambda: client.link is not None and client.link.connections == 2)
+        await settle(peer)
+        assert ids(client) == {"t"}  # and after the new init
         assert (await client.call("first", 1))["t"].ok
 
 
@@ -98,7 +100,7 @@ async def test_a_slow_to_connect_model_delays_no_update_and_no_tick(
         async with client_for(peer, timeout=0.5, setup_timeout=30) as client:
             await client.wait_for_models(2, timeout=20)
             await peer.send("update", [entry("slow", silent.getsockname()[1])])
-            await asyncio.sleep(0.1)
+            await until(lambda: "slow" in client.model_ids())
             started = time.monotonic()
             await peer.send("update", [entry("a", good_host, state="STOPPED")])
             await until(lambda: ids(client) == {"b"}, timeout=5)
@@ -155,10 +157,10 @@ async def test_exactly_one_report_per_failing_deployment(peer: Peer, bad_host: H
             await client.call("predict", "BTC", 1)
         await peer.drop()  # a reconnect and a fresh init repeating both
         await until(lambda: client.link is not None and client.link.connections == 2)
-        await asyncio.sleep(0.5)
+        await settle(peer)  # the fresh init is applied
         for _ in range(4):
             await client.call("predict", "BTC", 1)
-        await asyncio.sleep(0.2)
+        await settle(peer)  # every report made is delivered
     assert sorted(peer.reports) == [("bad", "BAD_IMPLEMENTATION"), ("raising", "MULTIPLE_FAILED")]
     item = next(i for m in peer.received for i in m["data"] if i["model_id"] == "raising")
     assert item["ip"] == "127.0.0.1" and "predict" in item["failure_reason"]
@@ -173,9 +175,8 @@ async def test_reports_wait_for_the_link(peer: Peer, raising_host: HostProcess,
         await peer.drop()
         await peer.server.wait_closed()
         await client.call("predict", "BTC", 1)  # ...while the model is disconnected
-        await asyncio.sleep(0.3)
-        assert peer.reports == []
         assert ids(client) == {"good"}  # ticks go on with the models held
+        assert peer.reports == []  # (nothing can reach a closed orchestrator)
         async with websockets.serve(peer.handler, "127.0.0.1", peer.port):
             await until(lambda: peer.reports == [("raising", "MULTIPLE_FAILED")])
 
@@ -186,9 +187,8 @@ async def test_report_failure_false_only_logs(peer: Peer, raising_host: HostProc
     async with client_for(peer, max_consecutive_failures=1, report_failure=False) as client:
         await client.wait_for_models(1, timeout=20)
         await client.call("predict", "BTC", 1)
-        await asyncio.sleep(0.3)
+        await until(lambda: "report_failure=False: not reporting" in caplog.text)
     assert peer.reports == []
-    assert "report_failure=False: not reporting" in caplog.text
 
 
 async def test_the_coordinators_own_network_failure_is_not_blamed(peer: Peer) -> None:
@@ -202,7 +202,7 @@ async def test_the_coordinators_own_network_failure_is_not_blamed(peer: Peer) ->
             for _ in range(6):
                 results = await client.call("first", 1)
                 assert all(r.status is CallStatus.TIMEOUT for r in results)
-            await asyncio.sleep(0.3)
+            await settle(peer)
             assert peer.reports == [] and ids(client) == {"m0", "m1"}
     finally:
         for host in hosts:

@@ -15,7 +15,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from model_runner.wire import SERVICE_NAME, DynamicSubclassServiceStub
-from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, call, ok, setup
+from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, call, ok, setup, until
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +43,7 @@ async def test_health_answers_while_a_sync_model_computes(
 ) -> None:
     async with toolbox_host.channel() as channel:
         slow = asyncio.ensure_future(call(toolbox, "sleep", 2.0))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time passes: the model is computing
         assert not slow.done()
         worst = 0.0
         for _ in range(10):
@@ -70,7 +70,7 @@ async def test_a_call_whose_deadline_passed_while_waiting_is_not_run(
     toolbox: DynamicSubclassServiceStub,
 ) -> None:
     blocker = asyncio.ensure_future(call(toolbox, "sleep", 1.0, tag="blocker"))
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # time passes: the blocker holds the model
     with pytest.raises((TimeoutError, asyncio.TimeoutError)):
         await call(toolbox, "sleep", 0.0, tag="expired", timeout=0.3)
     await blocker
@@ -136,10 +136,13 @@ async def test_sigterm_drains_in_flight_calls() -> None:
             stub = DynamicSubclassServiceStub(channel)
             await setup(stub)
             in_flight = asyncio.ensure_future(call(stub, "sleep", 1.0))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # time passes: the call is in flight
             host.signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
-            assert await health(channel) == NOT_SERVING
+
+            async def draining() -> bool:
+                return await health(channel) == NOT_SERVING
+
+            await until(draining)
             assert await health(channel, SERVICE_NAME) == NOT_SERVING
             with pytest.raises(GRPCError) as refused:
                 await call(stub, "first", 1)
@@ -159,7 +162,7 @@ async def test_grace_period_is_bounded() -> None:
             stub = DynamicSubclassServiceStub(channel)
             await setup(stub)
             stuck = asyncio.ensure_future(call(stub, "sleep", 30.0, timeout=None))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # time passes: the call is in flight
             started = time.monotonic()
             host.signal(signal.SIGINT)
             assert await asyncio.to_thread(host.wait, 10) == 0
