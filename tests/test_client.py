@@ -436,3 +436,19 @@ async def test_warns_when_models_near_the_open_file_limit(
         assert caplog.text.count("near this process's limit of 200 open files") == 1
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_closing_with_calls_in_flight_blames_no_network(
+        toolbox_host: HostProcess, caplog: pytest.LogCaptureFixture) -> None:
+    """Every call ends unreachable when the client closes under them: that is no sign of the
+    coordinator's network being down."""
+    client = make_client([endpoint(toolbox_host, "one"), endpoint(toolbox_host, "two")],
+                         timeout=5.0)
+    await client.start()
+    await client.wait_for_models(2, timeout=20)
+    in_flight = asyncio.ensure_future(client.call("sleep", 3.0))
+    await asyncio.sleep(0.2)  # time passes: both calls are under way
+    await client.close()
+    results = await asyncio.wait_for(in_flight, 2.0)
+    assert [r.status for r in results] == [CallStatus.TIMEOUT, CallStatus.TIMEOUT]
+    assert "network is likely down" not in caplog.text
