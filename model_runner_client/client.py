@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import math
+import os
 import random
 import re
 import resource
@@ -46,6 +47,7 @@ from .results import CallResult, CallResults, CallStatus
 from .security import GatewayCredentials, SecureCredentials
 from .sources import ModelSource, StaticModels
 from .transport_security import Security, UntrustedHost
+from .transports import TRANSPORTS, TransportName
 
 __all__ = ["ModelRunnerClient", "UnknownModelError"]
 
@@ -159,6 +161,7 @@ class ModelRunnerClient:
         gateway_credentials: GatewayCredentials | None = None,
         report_failure: bool = True,
         source: ModelSource | None = None,
+        transport: TransportName | None = None,
     ) -> None:
         if not base_classname:
             raise ValueError("base_classname must name the base class, e.g. "
@@ -183,6 +186,12 @@ class ModelRunnerClient:
             source = self.link = OrchestratorLink(crunch_id, host, port,
                                                   report_failure=report_failure)
         self._source = source
+        # The environment chooses too, so a deployment can switch without a code change.
+        chosen = transport or os.environ.get("MODEL_RUNNER_TRANSPORT") or "ngh2"
+        if chosen not in TRANSPORTS:
+            raise ValueError(f"transport {chosen!r} (argument or MODEL_RUNNER_TRANSPORT): use one "
+                             f"of {', '.join(TRANSPORTS)}")
+        self.transport: TransportName = chosen
         self._fanout = Fanout(max_concurrent_calls)
         self.max_receive_message_length = max_receive_message_length
         self._on_failure = on_failure
@@ -342,7 +351,8 @@ class ModelRunnerClient:
             if previous is not None and previous.deployment_id == endpoint.deployment_id:
                 previous = None  # the same deployment coming back is a join, not a redeploy
         connection = ModelConnection(endpoint, security=self._security.for_endpoint(endpoint),
-                                     max_receive_message_length=self.max_receive_message_length)
+                                     max_receive_message_length=self.max_receive_message_length,
+                                     transport=self.transport)
         slot = _Slot(endpoint, connection, Streaks(self.max_consecutive_failures,
                                                    self.max_consecutive_timeouts),
                      previous=previous)

@@ -1,106 +1,37 @@
-"""`ModelConnection`: one grpclib Channel (one HTTP/2 connection) to one model host.
+"""`ModelConnection`: one model's transport, and the Setup and health calls made on it.
 
-Requests go out as ready-encoded bytes and answers come back as bytes (PassthroughCodec), so a
-fan-out encodes its request once and the caller decides how to read the answer.
+Requests go out as ready-encoded bytes and answers come back as bytes, so a fan-out encodes its
+request once and the caller decides how to read the answer.
 """
 
 from __future__ import annotations
 
-import struct
-from asyncio import BaseTransport
-from collections.abc import Mapping
-from typing import Any, cast
+import time
 
-from grpclib.client import Channel, Handler, Stream
-from grpclib.config import Configuration
-from grpclib.const import Cardinality
-from grpclib.const import Status as GrpcStatus
-from grpclib.exceptions import GRPCError, ProtocolError
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
-from grpclib.metadata import Deadline
-from grpclib.protocol import H2Protocol
 
-from model_runner.host import DEFAULT_MAX_MESSAGE_LENGTH
 from model_runner.wire import SETUP_PATH, SetupResponse
-from model_runner.wire.auth import cert_spki
-from model_runner.wire.codec import PassthroughCodec
 
 from .models import ModelEndpoint
-from .transport_security import ConnectionSecurity, UntrustedHost
+from .transport_security import ConnectionSecurity
+from .transports import ResponseTooLarge, TransportName, make_transport
 
-__all__ = ["ModelConnection", "ResponseTooLarge"]
+__all__ = ["HEALTH_CHECK_PATH", "ModelConnection", "ResponseTooLarge"]
 
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
-_CODEC = PassthroughCodec()
-
-
-#: Closed-stream records each HTTP/2 connection keeps. h2 keeps 65,536 by default, ~170 bytes
-#: each: ~11 MB per model once a connection has made that many calls (a day of ticks), which is
-#: gigabytes for a thousand models. Late frames can only concern the last few unary calls.
-CLOSED_STREAMS_KEPT = 128
-
-
-class _BoundedProtocol(H2Protocol):
-    def connection_made(self, transport: BaseTransport) -> None:
-        super().connection_made(transport)
-        # h2 offers no setting for this; its record of closed streams is a size-limited dict.
-        closed: Any = self.connection._connection._closed_streams
-        closed._size_limit = CLOSED_STREAMS_KEPT
-
-
-class _Channel(Channel):
-    """A grpclib Channel whose HTTP/2 connection keeps a bounded record of closed streams."""
-
-    def _protocol_factory(self) -> H2Protocol:
-        return _BoundedProtocol(Handler(), self._config, self._h2_config)
-
-
-class ResponseTooLarge(Exception):
-    """The answer's length prefix is over the client's limit; it was not read."""
 
 
 class ModelConnection:
-    def __init__(
-        self,
-        endpoint: ModelEndpoint,
-        *,
-        security: ConnectionSecurity | None = None,
-        max_receive_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH,
-    ) -> None:
+    def __init__(self, endpoint: ModelEndpoint, *, security: ConnectionSecurity,
+                 max_receive_message_length: int, transport: TransportName = "ngh2") -> None:
         self.endpoint = endpoint
-        self.max_receive_message_length = max_receive_message_length
-        self._security = security or ConnectionSecurity()
-        self._peer: tuple[bytes, bytes] | None = None  # (DER certificate, its SPKI)
-        self._channel = self._new_channel()
-
-    def _new_channel(self) -> Channel:
-        security = self._security
-        config = None
-        if security.server_name is not None:
-            config = Configuration(ssl_target_name_override=security.server_name)
-        return _Channel(self.endpoint.ip, self.endpoint.port, codec=_CODEC, ssl=security.ssl,
-                        config=config)
-
-    async def unary(self, path: str, payload: bytes, deadline: Deadline | None, *,
-                    check_peer: bool = True) -> bytes:
-        """One unary RPC; raises TimeoutError, GRPCError, OSError, StreamTerminatedError, or
-        UntrustedHost when the host fails the identity check of the security mode."""
-        stream = self._channel.request(path, Cardinality.UNARY_UNARY, bytes, bytes,
-                                       deadline=deadline, metadata=self._security.metadata())
-        async with stream:
-            await stream.send_message(payload, end=True)
-            if check_peer and self._security.check_peer is not None:
-                await stream.recv_initial_metadata()
-                headers = cast(Mapping[str, str], stream.initial_metadata or {})
-                self._security.check_peer(headers, self._peer_spki(stream))
-            reply = await _recv_limited(stream, self.max_receive_message_length)
-        if reply is None:
-            raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
-        return reply
+        self.transport = make_transport(transport, endpoint, security,
+                                        max_receive_message_length)
+        self.unary = self.transport.unary
 
     async def setup(self, payload: bytes, timeout: float) -> tuple[str, str]:
         """Run Setup; returns (Status.code, Status.message)."""
-        raw = await self.unary(SETUP_PATH, payload, Deadline.from_timeout(timeout))
+        raw = await self.unary(SETUP_PATH, payload, time.monotonic() + timeout)
         status = SetupResponse.parse(raw).status
         return (status.code, status.message) if status is not None else ("", "")
 
@@ -108,53 +39,15 @@ class ModelConnection:
         """grpc.health.v1 Check: a HealthCheckResponse.ServingStatus value."""
         raw = await self.unary(HEALTH_CHECK_PATH,
                                HealthCheckRequest(service=service).SerializeToString(),
-                               Deadline.from_timeout(timeout),
+                               time.monotonic() + timeout,
                                # Hosts vouch for themselves on the model service; health is
                                # open and model-runner-client never checked it either.
                                check_peer=False)
         return int(HealthCheckResponse.FromString(raw).status)
 
-    def _peer_spki(self, stream: Stream[bytes, bytes]) -> bytes:
-        """The public key of the TLS certificate this stream's host presented."""
-        # grpclib's Peer offers the certificate only as a dict without its key; its transport
-        # has the DER form.
-        transport: Any = getattr(stream.peer, "_transport", None)
-        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:
-            raise UntrustedHost("the host presented no TLS certificate")
-        if self._peer is None or self._peer[0] != der:
-            self._peer = (der, cert_spki(der))
-        return self._peer[1]
-
     def reconnect(self) -> None:
-        """Drop the HTTP/2 connection; the next request opens a fresh one."""
-        old, self._channel = self._channel, self._new_channel()
-        old.close()
+        """Drop the connection; the next call opens a fresh one."""
+        self.transport.reconnect()
 
     def close(self) -> None:
-        self._channel.close()
-
-
-async def _recv_limited(stream: Stream[bytes, bytes], limit: int) -> bytes | None:
-    """grpclib's `recv_message`, but refusing an answer from its length prefix when it is over
-    `limit`: grpclib has no size limit and would buffer whatever the prefix claims. Uses the
-    client stream's internals (grpclib is pinned to 0.4.x)."""
-    if not stream._recv_initial_metadata_done:
-        await stream.recv_initial_metadata()
-    with stream._wrapper:  # grpclib's deadline handling for this stream
-        prefix = await stream._stream.recv_data(5)
-        if not prefix:
-            return None
-        if len(prefix) < 5:
-            raise ProtocolError("the answer was cut short inside its length prefix")
-        compressed, length = struct.unpack(">?I", prefix)
-        if compressed:
-            raise ProtocolError("the answer is compressed, which is not supported")
-        if length > limit:
-            raise ResponseTooLarge(f"the answer is {length} bytes, over the client's "
-                                   f"max_receive_message_length of {limit} bytes")
-        data = await stream._stream.recv_data(length)
-        if len(data) != length:
-            raise ProtocolError(f"the answer was cut short: {len(data)} of {length} bytes")
-        return data
+        self.transport.close()

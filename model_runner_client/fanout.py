@@ -36,7 +36,6 @@ from enum import Enum
 import anyio
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
-from grpclib.metadata import Deadline
 
 from model_runner.wire import CALL_PATH, StatusCode, VariantError
 from model_runner.wire.lean import parse_call_response
@@ -106,7 +105,7 @@ class Fanout:
         sent_at = [0] * count
         #: Large answers received in time: (index, bytes, latency), read after the calls.
         received: list[tuple[int, bytes, int]] = []
-        deadline = Deadline.from_timeout(timeout)
+        deadline = time.monotonic() + timeout
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.gather(*(self._one(index, job, deadline, decoder, outcomes, sent_at,
@@ -135,7 +134,7 @@ class Fanout:
             results.append(outcome)
         return results
 
-    async def _one(self, index: int, job: Job, deadline: Deadline, decoder: ResultDecoder,
+    async def _one(self, index: int, job: Job, deadline: float, decoder: ResultDecoder,
                    outcomes: list[Outcome | None], sent_at: list[int],
                    received: list[tuple[int, bytes, int]]) -> None:
         async with self._slots:

@@ -8,6 +8,7 @@ import pytest
 import websockets
 from hypothesis import HealthCheck, settings
 
+from model_runner_client.transports import TRANSPORTS
 from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess
 from tests.peer import Peer
 
@@ -47,3 +48,11 @@ async def peer() -> AsyncIterator[Peer]:
         scripted.server = server
         scripted.port = server.sockets[0].getsockname()[1]
         yield scripted
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per client transport (the client, and subprocesses such as the demo,
+    take it from MODEL_RUNNER_TRANSPORT)."""
+    monkeypatch.setenv("MODEL_RUNNER_TRANSPORT", request.param)
+    return str(request.param)

@@ -16,7 +16,7 @@ from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec
 from model_runner_client import CallStatus, ModelRunnerClient
 from tests.hosts import BASE, EXAMPLES, SUBMISSIONS
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 
 @pytest.mark.parametrize("seed", [1, 2])

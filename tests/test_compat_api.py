@@ -46,7 +46,7 @@ from model_runner_client.utils.datatype_transformer import (
 )
 from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, TEST_SUBMISSIONS, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 TIMEOUT = 1.0
 #: What a tick may take beyond the timeout (generous: two cores shared with three hosts).

@@ -3,7 +3,11 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.hosts import EXAMPLES
+
+pytestmark = pytest.mark.usefixtures("transport")
 
 
 def test_demo_runs_and_summarises() -> None:

@@ -55,7 +55,7 @@ from model_runner_client.utils.datatype_transformer import encode_data
 from tests.certs import Pki, make_pki
 from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, HostProcess, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 MODEL = "m1"
 HOTKEY = "5Hotkey"

@@ -23,7 +23,7 @@ from model_runner_client import (
 )
 from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, TEST_SUBMISSIONS, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 TIMEOUT = 1.0
 FAULTS = {"hang": 4, "sleep": 4, "raise": 4, "unencodable": 4, "oversized": 4, "exit": 4,

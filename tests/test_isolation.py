@@ -27,7 +27,7 @@ from model_runner_client import client as client_module
 from tests.hosts import BASE, TEST_SUBMISSIONS, HostProcess, until
 from tests.peer import Peer, client_for, entry, ids
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 
 def refused_port() -> int:
@@ -41,7 +41,7 @@ async def test_the_link_survives_a_frame_of_nested_brackets(peer: Peer,
                                                             good_host: HostProcess) -> None:
     """100,000 nested brackets raise RecursionError in the JSON parser: skipped, and the link
     goes on applying updates and sending reports."""
-    async with client_for(peer) as client:
+    async with client_for(peer, connect_attempts=1) as client:
         await client.wait_for_models(timeout=20)
         await peer.send_raw('{"event": "update", "data": ' + "[" * 100_000 + "]" * 100_000 + "}")
         await peer.send_raw("[" * 100_000)

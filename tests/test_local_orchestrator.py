@@ -12,7 +12,7 @@ from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec, load_c
 from model_runner_client import EventKind, ModelEvent, ModelRunnerClient
 from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, TEST_SUBMISSIONS, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 
 async def test_hosts_join_recover_redeploy_and_stop_on_report() -> None:

@@ -14,7 +14,7 @@ from model_runner_client.orchestrator import parse_entry
 from tests.hosts import TEST_SUBMISSIONS, HostProcess, until
 from tests.peer import Peer, client_for, entry, ids, settle
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 
 async def test_init_and_updates_drive_the_model_set(peer: Peer, good_host: HostProcess,

@@ -25,7 +25,7 @@ from model_runner_client import (
 from tests.certs import Pki, make_pki
 from tests.hosts import BASE, SUBMISSIONS, HostProcess, host_env, setup
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 
 @pytest.fixture(scope="module")

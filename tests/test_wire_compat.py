@@ -25,6 +25,9 @@ from model_runner.wire import (
 )
 from tests.hosts import BASE, ROOT, HostProcess
 
+pytestmark = pytest.mark.usefixtures("transport")
+
+
 PROTO = ROOT / "proto"
 
 
