@@ -2,15 +2,19 @@
 
     python benchmarks/bare_server.py PORT [--hang]
 
-It uses the generated betterproto2 service base as-is: decode the request, return a constant.
-With --hang, Call never answers (a model stuck forever).
+It uses the generated betterproto2 service base as-is: decode the request, return a constant;
+and grpclib's health service, as hosts have. With --hang, Call never answers (a model stuck
+forever).
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import sys
 
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server
 
 from model_runner.wire import CallResponse, SetupResponse, Status, encode_value
@@ -37,11 +41,15 @@ class Constant(DynamicSubclassServiceBase):
 
 
 async def main(port: int, hang: bool) -> None:
-    server = Server([Constant(hang)])
+    service = Constant(hang)
+    # Clients probe the model service's health after a timeout, as hosts serve it.
+    server = Server([service, Health({service: [ServiceStatus()], OVERALL: [ServiceStatus()]})])
     await server.start("127.0.0.1", port, backlog=2048)  # benchmarks connect 1,000 at once
     print(f"serving on {port}", flush=True)
     await server.wait_closed()
 
 
 if __name__ == "__main__":
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of models connect
     asyncio.run(main(int(sys.argv[1]), "--hang" in sys.argv[2:]))

@@ -1,170 +1,88 @@
-"""Tick time of one `predict` fanned out to N models: our client, a bare grpclib
-`asyncio.gather` of the same calls, and the existing grpcio-based client when available; plus
-a run with 10% of the models hanging. Same machine, same run, same servers.
+"""Tick time, CPU per call and peak memory of one `predict` fanned out to N models: our client
+on each transport, with and without uvloop, against the existing grpcio-based client, in the
+same run, against the same servers.
 
-    python benchmarks/fanout.py [--sizes 10 100 1000] [--servers 2] [--old-python PATH]
+    python -m benchmarks.fanout [--sizes 100 300 1000 5000] [--rounds 2] [--servers 2]
+        [--old-python PATH]
 
-The targets are bare grpclib servers answering a constant (benchmarks/bare_server.py), so the
-figures measure the client side. The existing client is run from another venv's Python
-(`pip install model-runner-client` there; its import name is the same as ours); without
---old-python (or OLD_CLIENT_PYTHON) its rows are left out.
+Each client runs in a process of its own (benchmarks/fanout_driver.py, and
+benchmarks/old_client_driver.py in the venv where `model-runner-client` is installed: its import
+name is ours too), so CPU (all threads) and peak RSS are that client's alone. The targets are
+bare servers answering constants, in processes of their own.
+On a machine with two cores or more the clients run on the first core and the servers on the
+others. Rounds interleave the clients, so machine noise hits them alike. By default the servers
+are bare ngh2 servers answering constants (benchmarks/fast_server.py): two grpclib servers on
+one core answer ~2,000 calls/s, which made every client's tick the servers' (`--server
+grpclib`). Also: 100 models of
+which 10% never answer, timeout 1 s. Writes benchmarks/out/fanout.png and fanout.json.
 
-Targets (issue 3): ours faster than the bare gather at every N; at N=1000 no slower than the
-grpcio-based client; with hanging models, tick time within 5% of the timeout.
-Writes benchmarks/out/fanout.png.
+Targets (issue 10, default transport, no uvloop, against the grpcio client): CPU per call at
+N=1,000 <= 0.4x; tick <= 0.8x at N=1,000 and <= 0.9x at N=300; every call SUCCESS at N=5,000;
+peak RSS at N=1,000 <= 0.5x; with 10% hanging, tick <= 1.05x the timeout.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib.util
 import json
-import logging
 import os
 import subprocess
 import sys
-import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from grpclib.client import Channel
-from websockets.asyncio.server import ServerConnection, serve
+from benchmarks._common import BENCH, OUT, ROOT, median, percentile, start_script, table
+from model_runner.process import host_environment
 
-from benchmarks._common import BENCH, OUT, median, percentile, start_script, table
-from model_runner.wire import Argument, CallRequest, DynamicSubclassServiceStub, encode_value
-from model_runner_client import CallStatus, ModelEndpoint, ModelRunnerClient
-from model_runner_client.grpc.generated.commons_pb2 import Argument as Argument_pb2
-from model_runner_client.grpc.generated.commons_pb2 import Variant as Variant_pb2
-from model_runner_client.grpc.generated.commons_pb2 import VariantType as VariantType_pb2
-from model_runner_client.model_concurrent_runners import (
-    DynamicSubclassModelConcurrentRunner,
-    ModelPredictResult,
-)
-from model_runner_client.utils.datatype_transformer import encode_data
-
-BASE = "starter_challenge.tracker.TrackerBase"
-ARGUMENT = {"asset": "BTC", "horizon": 60, "step": 5}
+OLD = "grpcio client (model-runner-client 0.14)"
 
 
 def ticks_for(n: int) -> int:
-    return 20 if n <= 100 else 10
+    return 20 if n <= 300 else 10 if n <= 1000 else 5
 
 
-async def ours(ports: list[int], n: int, ticks: int, timeout: float = 30.0) -> list[float]:
-    endpoints = [ModelEndpoint(f"m{i}", "127.0.0.1", ports[i % len(ports)], "d")
-                 for i in range(n)]
-    async with ModelRunnerClient.from_addresses(endpoints, base_classname=BASE,
-                                                timeout=timeout) as client:
-        await client.wait_for_models(n, timeout=120)
-        times = []
-        for tick in range(ticks + 2):
-            started = time.perf_counter()
-            results = await client.call("predict", ARGUMENT)
-            if tick >= 2:
-                times.append(time.perf_counter() - started)
-        assert results.counts()[CallStatus.SUCCESS] == n, results
-    return times
+def pinned(cpus: set[int]) -> Callable[[], None]:
+    def pin() -> None:
+        os.sched_setaffinity(0, cpus)
+    return pin
 
 
-async def legacy(ports: list[int], n: int, ticks: int, timeout: float = 30.0) -> list[float]:
-    """The same ticks through model-runner-client 0.14's API (our drop-in layer over the
-    client), the models listed by a scripted orchestrator."""
-    entries = [{"model_id": f"m{i}", "deployment_id": "d", "state": "RUNNING",
-                "ip": "127.0.0.1", "port": ports[i % len(ports)], "infos": {}}
-               for i in range(n)]
-
-    async def orchestrator(ws: ServerConnection) -> None:
-        await ws.send(json.dumps({"event": "init", "data": entries}))
-        await ws.wait_closed()
-
-    async with serve(orchestrator, "127.0.0.1", 0) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        async with DynamicSubclassModelConcurrentRunner(timeout, "bench", "127.0.0.1", port,
-                                                        BASE) as runner:
-            argument = Argument_pb2(position=1, data=Variant_pb2(
-                type=VariantType_pb2.JSON, value=encode_data(VariantType_pb2.JSON, ARGUMENT)))
-            times = []
-            for tick in range(ticks + 2):
-                started = time.perf_counter()
-                results = await runner.call("predict", ([argument], []))
-                if tick >= 2:
-                    times.append(time.perf_counter() - started)
-            assert sum(r.status is ModelPredictResult.Status.SUCCESS
-                       for r in results.values()) == n, results
-    return times
-
-
-async def bare(ports: list[int], n: int, ticks: int) -> list[float]:
-    channels = [Channel("127.0.0.1", ports[i % len(ports)]) for i in range(n)]
-    stubs = [DynamicSubclassServiceStub(c) for c in channels]
-    request = CallRequest(method_name="predict",
-                          method_arguments=[Argument(position=0, data=encode_value(ARGUMENT))])
-    times = []
-    try:
-        for i in range(0, n, 100):  # connect in batches, as our client's Setup phase does
-            await asyncio.gather(*(s.call(request, timeout=30) for s in stubs[i:i + 100]))
-        for tick in range(ticks + 2):
-            started = time.perf_counter()
-            responses = await asyncio.gather(*(s.call(request, timeout=30) for s in stubs))
-            if tick >= 2:
-                times.append(time.perf_counter() - started)
-        assert all(r.status is not None and r.status.code == "SUCCESS" for r in responses)
-    finally:
-        for channel in channels:
-            channel.close()
-    return times
-
-
-def old_client(python: str, ports: list[int], n: int, ticks: int) -> list[float]:
-    out = subprocess.run([python, str(BENCH / "old_client_driver.py"), str(n), str(ticks), "30",
-                          *map(str, ports)], capture_output=True, text=True, timeout=900,
-                         cwd="/", env={k: v for k, v in os.environ.items()
-                                       if k != "PYTHONPATH"})
+def drive(command: list[str], cpus: set[int], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    out = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=cwd, env=env,
+                         preexec_fn=pinned(cpus))
     if out.returncode != 0:
-        raise RuntimeError(f"old client driver failed:\n{out.stderr[-2000:]}")
-    report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["ok"] == n, report
-    return [float(t) for t in report["times"]]
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else
+                f"exit {out.returncode}"}
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-async def with_hangers(ports: list[int], hang_port: int, n: int, timeout: float,
-                       ticks: int) -> list[float]:
-    """Tick times of the ticks in which the hanging models were actually called."""
-    endpoints = [ModelEndpoint(f"m{i}", "127.0.0.1",
-                               hang_port if i % 10 == 0 else ports[i % len(ports)], "d")
-                 for i in range(n)]
-    times = []
-    # A fresh client per measured tick: the failure policy would otherwise skip or drop them.
-    for _ in range(ticks):
-        async with ModelRunnerClient.from_addresses(endpoints, base_classname=BASE,
-                                                    timeout=timeout) as client:
-            await client.wait_for_models(n, timeout=60)
-            started = time.perf_counter()
-            results = await client.call("predict", ARGUMENT)
-            times.append(time.perf_counter() - started)
-            assert results.counts()[CallStatus.TIMEOUT] == n // 10, results
-    return times
-
-
-def plot(rows: dict[str, dict[int, list[float]]], path: Path) -> None:
+def plot(rows: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ticks_ax, cpu_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, by_n in rows.items():
-        sizes = sorted(by_n)
-        ax.errorbar(sizes, [median(by_n[s]) * 1000 for s in sizes],
-                    yerr=[[0] * len(sizes),
-                          [(percentile(by_n[s], 0.9) - median(by_n[s])) * 1000 for s in sizes]],
-                    marker="o", capsize=3, label=name)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("models (N)")
-    ax.set_ylabel("tick time, ms (median, bar to p90)")
-    ax.set_title("One predict fanned out to N models (2-core machine)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+        sizes = sorted(n for n, runs in by_n.items() if runs and "error" not in runs[0])
+        if not sizes:
+            continue
+        times = {n: [t for r in by_n[n] for t in r["times"]] for n in sizes}
+        ticks_ax.plot(sizes, [median(times[n]) * 1000 for n in sizes], marker="o", label=name)
+        cpu_ax.plot(sizes, [median([r["cpu_per_call_us"] for r in by_n[n]]) for n in sizes],
+                    marker="o", label=name)
+    for ax, label in ((ticks_ax, "tick time, ms (median)"), (cpu_ax, "client CPU per call, µs")):
+        ax.set_xscale("log")
+        ax.set_xlabel("models (N)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    ticks_ax.set_yscale("log")
+    ticks_ax.legend(fontsize=8)
+    fig.suptitle("One predict fanned out to N models (client pinned to one core, servers to the "
+                 "other)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -172,54 +90,95 @@ def plot(rows: dict[str, dict[int, list[float]]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000, 5000])
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--servers", type=int, default=2)
+    parser.add_argument("--server", choices=["ngh2", "grpclib"], default="ngh2",
+                        help="the bare servers: ngh2 (benchmarks/fast_server.py, cheap enough "
+                             "that the client is measured) or grpclib (bare_server.py)")
     parser.add_argument("--old-python", default=os.environ.get("OLD_CLIENT_PYTHON"))
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds per N, so machine noise hits every client alike")
-    parser.add_argument("--hang-n", type=int, default=100)
-    parser.add_argument("--hang-timeout", type=float, default=1.0)
+    parser.add_argument("--no-gc-pause", action="store_true",
+                        help="also run ngh2 without pausing the GC during fan-outs")
     options = parser.parse_args()
-    logging.basicConfig(level=logging.ERROR)
 
-    servers = [start_script("bare_server.py") for _ in range(options.servers)]
-    hang_server = start_script("bare_server.py", "--hang")
-    ports = [port for _, port in servers]
-    rows: dict[str, dict[int, list[float]]] = {"ours": {}, "ours, old API (drop-in)": {},
-                                               "bare grpclib gather": {}}
-    if options.old_python:
-        rows["grpcio client (model-runner-client)"] = {}
+    available = sorted(os.sched_getaffinity(0))
+    client_cpus = {available[0]}
+    server_cpus = set(available[1:]) or client_cpus
+    variants: dict[str, list[str]] = {"ngh2 (default)": ["--transport", "ngh2"],
+                                      "grpclib": ["--transport", "grpclib"]}
+    if importlib.util.find_spec("uvloop") is not None:
+        variants["ngh2 + uvloop"] = ["--transport", "ngh2", "--uvloop"]
+        variants["grpclib + uvloop"] = ["--transport", "grpclib", "--uvloop"]
+    else:
+        print("uvloop is not installed (pip install -e '.[uvloop]'): its rows are left out")
+    if options.no_gc_pause:
+        variants["ngh2, GC not paused"] = ["--transport", "ngh2", "--no-gc-pause"]
+    env = host_environment([ROOT])
+    old_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    script = "fast_server.py" if options.server == "ngh2" else "bare_server.py"
+    servers = [start_script(script) for _ in range(options.servers)]
+    hang_server = start_script(script, "--hang")
+    for proc, _ in [*servers, hang_server]:
+        os.sched_setaffinity(proc.pid, server_cpus)
+    ports = [str(port) for _, port in servers]
+    rows: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     try:
         for n in options.sizes:
             ticks = ticks_for(n)
-            for by_n in rows.values():
-                by_n[n] = []
             for _ in range(options.rounds):
-                rows["ours"][n] += asyncio.run(ours(ports, n, ticks))
-                rows["ours, old API (drop-in)"][n] += asyncio.run(legacy(ports, n, ticks))
-                rows["bare grpclib gather"][n] += asyncio.run(bare(ports, n, ticks))
+                for name, flags in variants.items():
+                    rows[name][n].append(drive(
+                        [sys.executable, "-m", "benchmarks.fanout_driver", "--n", str(n),
+                         "--ticks", str(ticks), *flags, *ports], client_cpus, env, ROOT))
                 if options.old_python:
-                    rows["grpcio client (model-runner-client)"][n] += old_client(
-                        options.old_python, ports, n, ticks)
-        hang_times = asyncio.run(with_hangers(ports, hang_server[1], options.hang_n,
-                                              options.hang_timeout, 5))
+                    rows[OLD][n].append(drive(
+                        [options.old_python, str(BENCH / "old_client_driver.py"), str(n),
+                         str(ticks), "30", *ports], client_cpus, old_env, Path("/")))
+            print(f"N={n} done", flush=True)
+        hang = drive([sys.executable, "-m", "benchmarks.fanout_driver", "--n", "100", "--ticks",
+                      "5", "--timeout", "1.0", "--hang-port", str(hang_server[1]), *ports],
+                     client_cpus, env, ROOT)
     finally:
         for proc, _ in [*servers, hang_server]:
             proc.kill()
 
     table_rows = []
     for n in options.sizes:
-        base = median(rows["bare grpclib gather"][n])
+        old = rows[OLD][n] if OLD in rows and rows[OLD][n] and "error" not in rows[OLD][n][0] \
+            else None
+        old_tick = median([t for r in old for t in r["times"]]) if old else None
+        old_cpu = median([r["cpu_per_call_us"] for r in old]) if old else None
+        old_rss = median([r["peak_rss_mb"] for r in old]) if old else None
         for name, by_n in rows.items():
-            table_rows.append([n, name, median(by_n[n]) * 1000, percentile(by_n[n], 0.9) * 1000,
-                               median(by_n[n]) / base])
-    print(f"tick = one predict to every model; {options.servers} bare grpclib servers on "
-          f"127.0.0.1; {options.rounds} interleaved rounds; warm-up ticks excluded")
-    print(table(["N", "client", "median ms", "p90 ms", "vs bare gather"], table_rows))
-    print()
-    print(f"{options.hang_n} models, 10% hanging forever, timeout {options.hang_timeout}s: "
-          f"tick median {median(hang_times):.3f}s, max {max(hang_times):.3f}s "
-          f"({median(hang_times) / options.hang_timeout:.3f}x the timeout)")
+            runs = by_n[n]
+            errors = [r["error"] for r in runs if "error" in r]
+            if errors:
+                table_rows.append([n, name, f"failed: {errors[0][:60]}", "", "", "", "", "", ""])
+                continue
+            times = [t for r in runs for t in r["times"]]
+            tick, cpu = median(times), median([r["cpu_per_call_us"] for r in runs])
+            rss = median([r["peak_rss_mb"] for r in runs])
+            ok = min(r["ok"] for r in runs)
+            table_rows.append([
+                n, name, tick * 1000, percentile(times, 0.9) * 1000, cpu, rss, f"{ok}/{n}",
+                f"{tick / old_tick:.2f}" if old_tick else "-",
+                f"{cpu / old_cpu:.2f}" if old_cpu else "-",
+                f"{rss / old_rss:.2f}" if old_rss else "-"])
+    print(f"tick = one predict to every model; {options.servers} bare {options.server} servers; "
+          f"client on "
+          f"CPU {sorted(client_cpus)}, servers on {sorted(server_cpus)}; {options.rounds} "
+          "interleaved rounds; warm-up ticks excluded; ratios against the grpcio client")
+    print(table(["N", "client", "median ms", "p90 ms", "CPU µs/call", "peak RSS MB", "SUCCESS",
+                 "tick ratio", "CPU ratio", "RSS ratio"], table_rows))
+    if "error" in hang:
+        print(f"\n10% hanging: failed: {hang['error']}")
+    else:
+        print(f"\n100 models, 10% never answering, timeout 1.0s (default transport): tick median "
+              f"{median(hang['times']):.3f}s, max {max(hang['times']):.3f}s "
+              f"({median(hang['times']) / 1.0:.3f}x the timeout)")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "fanout.json").write_text(json.dumps({"rows": rows, "hang": hang}, indent=1))
     plot(rows, OUT / "fanout.png")
     print(f"plot: {OUT / 'fanout.png'}")
 

@@ -1,5 +1,6 @@
 """Drive the existing grpcio-based `model-runner-client` (run with the Python of the venv that
-has it installed; its import name is the same as ours). Prints tick times as JSON.
+has it installed; its import name is the same as ours). Prints one JSON line: tick times, CPU
+per call, peak RSS.
 
     OLD_PYTHON benchmarks/old_client_driver.py N TICKS TIMEOUT PORT [PORT ...]
 
@@ -10,14 +11,20 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 
-from model_runner_client.grpc.generated.commons_pb2 import Argument, Variant, VariantType
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fanout_common import BASE, PAYLOAD, measure_rusage, raise_file_limit
+
+from model_runner_client.grpc.generated.commons_pb2 import (
+    Argument,
+    Variant,
+    VariantType,
+)
 from model_runner_client.model_concurrent_runners.dynamic_subclass_model_concurrent_runner import (
     DynamicSubclassModelConcurrentRunner,
 )
-
-BASE = "starter_challenge.tracker.TrackerBase"
-PAYLOAD = b'{"asset":"BTC","horizon":60,"step":5}'
 
 
 async def main(count: int, ticks: int, timeout: float, ports: list[int]) -> None:
@@ -29,18 +36,23 @@ async def main(count: int, ticks: int, timeout: float, ports: list[int]) -> None
         port=ports[i % len(ports)], infos={})) for i in range(count)))
     args = [Argument(position=0, data=Variant(type=VariantType.JSON, value=PAYLOAD))]
     times = []
+    cpu = 0.0
+    ok = 0
     for tick in range(ticks + 2):
-        started = time.perf_counter()
+        cpu_before, started = time.process_time(), time.perf_counter()
         results = await runner.call("predict", (args, []))
-        elapsed = time.perf_counter() - started
+        elapsed, cpu_used = time.perf_counter() - started, time.process_time() - cpu_before
         if tick >= 2:  # warm-up ticks are not counted
             times.append(elapsed)
+            cpu += cpu_used
         ok = sum(1 for r in results.values() if r.status.value == "SUCCESS")
-    print(json.dumps({"times": times, "ok": ok, "models": len(cluster.models_run)}))
+    print(json.dumps({"times": times, "ok": ok, "models": len(cluster.models_run),
+                      "cpu_per_call_us": cpu / (ticks * count) * 1e6, **measure_rusage()}))
     for model in list(cluster.models_run.values()):
         await model.close()
 
 
 if __name__ == "__main__":
+    raise_file_limit()
     asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]),
                      [int(p) for p in sys.argv[4:]]))

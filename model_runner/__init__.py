@@ -1,8 +1,13 @@
-"""Model Runner: serve a submitted model over gRPC, and the wire layer both halves share."""
+"""Model Runner: serve a submitted model over gRPC, and the wire layer both halves share.
 
-from .discovery import DiscoveryError, discover_class
-from .host import DEFAULT_MAX_MESSAGE_LENGTH, HostConfig, ModelHost
-from .wire import StatusCode, VariantError, decode_value, decode_variant, encode_value
+The host's names load when first used, so `import model_runner.wire` (what the client uses)
+loads no server code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_LENGTH",
@@ -18,3 +23,17 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "DiscoveryError": ".discovery", "discover_class": ".discovery",
+    "HostConfig": ".host", "ModelHost": ".host",
+    "DEFAULT_MAX_MESSAGE_LENGTH": ".wire", "StatusCode": ".wire", "VariantError": ".wire",
+    "decode_value": ".wire", "decode_variant": ".wire", "encode_value": ".wire",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'model_runner' has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

@@ -7,14 +7,13 @@ Bad options exit non-zero with one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import containment
+from . import containment, eventloop
 from .host import DEFAULT_MAX_MESSAGE_LENGTH, HostConfig, ModelHost, call_guard
 from .security import DelegationHeaders, server_tls_context
 from .wire.auth import AuthError
@@ -279,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.basicConfig(level=level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         containment.install()
-        asyncio.run(_serve(config))
+        eventloop.run(_serve(config))
     except UsageError as exc:
         print(f"model-runner: error: {exc}", file=sys.stderr)
         sys.exit(2)

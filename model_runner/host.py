@@ -17,6 +17,7 @@ from grpclib.server import Server
 
 from .security import CallGuard, DelegationHeaders, server_tls_context
 from .service import DynamicSubclassService
+from .wire import DEFAULT_MAX_MESSAGE_LENGTH
 from .wire.auth import GatewayVerifier
 from .wire.codec import PassthroughCodec
 
@@ -24,8 +25,6 @@ __all__ = ["DEFAULT_MAX_MESSAGE_LENGTH", "HostConfig", "ModelHost"]
 
 logger = logging.getLogger(__name__)
 
-#: What existing model hosts accept (gRPC's usual default is 4 MiB).
-DEFAULT_MAX_MESSAGE_LENGTH = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

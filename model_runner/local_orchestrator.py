@@ -41,6 +41,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from websockets.asyncio.server import Server, ServerConnection
 
+from .eventloop import uvloop_enabled
 from .process import ModelHostProcess
 
 __all__ = ["LocalOrchestrator", "ModelSpec", "load_config"]
@@ -414,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             await anyio.sleep_forever()
 
     try:
-        anyio.run(serve)
+        anyio.run(serve, backend_options={"use_uvloop": uvloop_enabled()})
     except KeyboardInterrupt:
         sys.exit(130)
 

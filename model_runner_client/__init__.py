@@ -1,6 +1,6 @@
 """Model Runner Client: call many remote models at once, each call with a deadline."""
 
-from model_runner.security import client_tls_context
+from model_runner.wire.tls import client_tls_context
 
 from .client import ModelRunnerClient, UnknownModelError
 from .encoding import ArgumentError

@@ -25,7 +25,6 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -43,6 +42,7 @@ from .fanout import Fanout, Job, Kind, Outcome
 from .models import ModelEndpoint
 from .orchestrator import OrchestratorLink
 from .policy import Streaks
+from .registry import Check, Slot, SlotState
 from .results import CallResult, CallResults, CallStatus
 from .security import GatewayCredentials, SecureCredentials
 from .sources import ModelSource, StaticModels
@@ -110,21 +110,6 @@ class UnknownModelError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One model the client holds: its connection, streaks and background work."""
-
-    endpoint: ModelEndpoint
-    connection: ModelConnection
-    streaks: Streaks
-    #: The deployment this one replaces, for the REDEPLOYED event.
-    previous: ModelEndpoint | None = None
-    ready: bool = False
-    gone: bool = False
-    probing: bool = False
-    setting_up: bool = False
 
 
 class ModelRunnerClient:
@@ -201,7 +186,7 @@ class ModelRunnerClient:
         self._events = EventHub()
         if on_event is not None:
             self._events.add_callback(on_event)
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
         self._departed: dict[str, ModelEndpoint] = {}
         #: Every model id ever held (ids only, so the memory of departed ones can be bounded
         #: without a held-then-forgotten id passing for one never held).
@@ -313,12 +298,12 @@ class ModelRunnerClient:
     @property
     def models(self) -> list[ModelEndpoint]:
         """The models ready for calls (set up), in the order they were added."""
-        return [slot.endpoint for slot in self._slots.values() if slot.ready]
+        return [slot.endpoint for slot in self._slots.values() if slot.callable]
 
     @property
     def pending(self) -> list[ModelEndpoint]:
         """Models still connecting or being set up."""
-        return [slot.endpoint for slot in self._slots.values() if not slot.ready]
+        return [slot.endpoint for slot in self._slots.values() if not slot.callable]
 
     def upsert(self, endpoint: ModelEndpoint) -> None:
         """Add a model, or replace it when its address or deployment changed."""
@@ -344,8 +329,8 @@ class ModelRunnerClient:
             if same_place:
                 current.endpoint = endpoint  # fresher metadata, same deployment
                 return
+            previous = current.endpoint if current.callable else current.previous
             self._discard(current)
-            previous = current.endpoint if current.ready else current.previous
         else:
             previous = self._departed.pop(endpoint.model_id, None)
             if previous is not None and previous.deployment_id == endpoint.deployment_id:
@@ -353,13 +338,13 @@ class ModelRunnerClient:
         connection = ModelConnection(endpoint, security=self._security.for_endpoint(endpoint),
                                      max_receive_message_length=self.max_receive_message_length,
                                      transport=self.transport)
-        slot = _Slot(endpoint, connection, Streaks(self.max_consecutive_failures,
+        slot = Slot(endpoint, connection, Streaks(self.max_consecutive_failures,
                                                    self.max_consecutive_timeouts),
                      previous=previous)
         self._slots[endpoint.model_id] = slot
         self._ever_held.add(endpoint.model_id)
         self._check_descriptors()
-        self._spawn(self._bring_up, slot)
+        self._spawn(self._supervise, slot)
         self._notify()
 
     def _check_descriptors(self) -> None:
@@ -384,7 +369,7 @@ class ModelRunnerClient:
     def get_model(self, model_id: str) -> ModelEndpoint | None:
         """The ready model with this id, if the client holds one."""
         slot = self._slots.get(model_id)
-        return slot.endpoint if slot is not None and slot.ready else None
+        return slot.endpoint if slot is not None and slot.callable else None
 
     def model_ids(self) -> set[str]:
         """Every model held, ready or still being set up."""
@@ -403,18 +388,15 @@ class ModelRunnerClient:
             return  # about an older deployment than the one held
         self._drop(slot, reason)
 
-    def _discard(self, slot: _Slot) -> None:
-        slot.gone = True
-        # Closing the connection ends its pending Setup or probe at once (they then see `gone`);
-        # no cancel scope reaches into grpclib, whose stream resets swallow cancellations.
-        slot.connection.close()
+    def _discard(self, slot: Slot) -> None:
+        slot.discard()
         if self._slots.get(slot.endpoint.model_id) is slot:
             del self._slots[slot.endpoint.model_id]
 
-    def _drop(self, slot: _Slot, reason: str, report_code: str | None = None) -> None:
+    def _drop(self, slot: Slot, reason: str, report_code: str | None = None) -> None:
         if slot.gone:
             return
-        was_ready = slot.ready
+        was_ready = slot.callable
         self._discard(slot)
         self._departed[slot.endpoint.model_id] = slot.endpoint
         while len(self._departed) > _DEPARTED_KEPT:
@@ -461,17 +443,22 @@ class ModelRunnerClient:
 
     # --- setup and health ------------------------------------------------------------------
 
-    async def _bring_up(self, slot: _Slot) -> None:
-        """Connect and Setup, retrying connection failures with capped exponential backoff."""
-        if slot.setting_up:
-            return
-        slot.setting_up = True
-        try:
-            await self._setup_with_retries(slot)
-        finally:
-            slot.setting_up = False
+    async def _supervise(self, slot: Slot) -> None:
+        """The slot's one supervisor: the first Setup, then each check the policy asks for,
+        one at a time, until the slot is gone."""
+        await self._setup_with_retries(slot)
+        while not slot.gone:
+            await slot.wake.wait()
+            slot.wake = anyio.Event()
+            check, slot.pending = slot.pending, None
+            if check is Check.SETUP:
+                await self._setup_with_retries(slot)  # the host lost its instance
+            elif check is Check.PROBE:
+                await self._probe(slot)
+            if slot.state is SlotState.CHECKING and slot.pending is None:
+                slot.state = SlotState.READY
 
-    async def _setup_with_retries(self, slot: _Slot) -> None:
+    async def _setup_with_retries(self, slot: Slot) -> None:
         endpoint = slot.endpoint
         for attempt in range(1, self.connect_attempts + 1):
             if slot.gone:
@@ -512,8 +499,8 @@ class ModelRunnerClient:
                 slot.connection.reconnect()
                 continue
             if code in (StatusCode.SUCCESS, ""):  # older hosts answer success with no Status
-                if not slot.ready and not slot.gone:
-                    slot.ready = True
+                if slot.state is SlotState.SETTING_UP:
+                    slot.state = SlotState.READY
                     self._notify()
                     previous, slot.previous = slot.previous, None
                     if previous is not None and previous.deployment_id != endpoint.deployment_id:
@@ -530,26 +517,19 @@ class ModelRunnerClient:
                 self._drop(slot, f"Setup answered {code}: {message}")
             return
 
-    async def _probe(self, slot: _Slot) -> None:
+    async def _probe(self, slot: Slot) -> None:
         """After a timeout: is the host still there and still holding the model?"""
-        if slot.probing or slot.gone:
-            return
-        slot.probing = True
         try:
-            try:
-                status = await slot.connection.health(SERVICE_NAME,
-                                                      min(max(self.timeout, 1.0), 5.0))
-            except _CONNECTION_ERRORS as exc:
-                if slot.gone:
-                    return
-                logger.info("health probe of %s failed (%s: %s); reconnecting",
-                            slot.endpoint, type(exc).__name__, exc)
-                slot.connection.reconnect()
-                status = None
-            if status != HealthCheckResponse.SERVING:
-                await self._setup_with_retries(slot)  # Setup is a no-op if the model exists
-        finally:
-            slot.probing = False
+            status = await slot.connection.health(SERVICE_NAME, min(max(self.timeout, 1.0), 5.0))
+        except _CONNECTION_ERRORS as exc:
+            if slot.gone:
+                return
+            logger.info("health probe of %s failed (%s: %s); reconnecting",
+                        slot.endpoint, type(exc).__name__, exc)
+            slot.connection.reconnect()
+            status = None
+        if status != HealthCheckResponse.SERVING:
+            await self._setup_with_retries(slot)  # Setup is a no-op if the model exists
 
     # --- waiting ---------------------------------------------------------------------------
 
@@ -647,21 +627,21 @@ class ModelRunnerClient:
         # Build every request first: a bad argument raises before anything is sent or counted.
         payloads: list[bytes | None] = []
         for _, slot in targets:
-            if slot is None or not slot.ready:
+            if slot is None or not slot.callable:
                 payloads.append(None)
             else:
                 payloads.append(request if isinstance(request, bytes) else request(slot.endpoint))
 
         results: list[CallResult | None] = [None] * len(targets)
         jobs: list[Job] = []
-        sent: list[tuple[int, _Slot]] = []
+        sent: list[tuple[int, Slot]] = []
         for index, ((model_id, slot), payload) in enumerate(zip(targets, payloads, strict=True)):
             if slot is None:
                 # Departed long ago, its metadata may be forgotten (the memory is bounded).
                 departed = self._departed.get(model_id) or ModelEndpoint(model_id, "", 0)
                 results[index] = CallResult.make(departed, CallStatus.FAILURE,
                                                  detail="not called: the model has left")
-            elif not slot.ready:
+            elif not slot.callable:
                 results[index] = CallResult.make(
                     slot.endpoint, CallStatus.TIMEOUT,
                     detail="not called: the model is still being set up")
@@ -690,11 +670,12 @@ class ModelRunnerClient:
         return CallResults([r for r in results if r is not None])
 
     def _targets(self, models: Iterable[str | ModelEndpoint] | None) -> list[
-        tuple[str, _Slot | None]
+        tuple[str, Slot | None]
     ]:
         if models is None:
-            return [(slot.endpoint.model_id, slot) for slot in self._slots.values() if slot.ready]
-        targets: list[tuple[str, _Slot | None]] = []
+            return [(slot.endpoint.model_id, slot) for slot in self._slots.values()
+                    if slot.callable]
+        targets: list[tuple[str, Slot | None]] = []
         seen: set[str] = set()
         for model in models:
             model_id = model.model_id if isinstance(model, ModelEndpoint) else model
@@ -709,7 +690,7 @@ class ModelRunnerClient:
             targets.append((model_id, slot))
         return targets
 
-    def _apply_policy(self, slot: _Slot, method: str, outcome: Outcome) -> None:
+    def _apply_policy(self, slot: Slot, method: str, outcome: Outcome) -> None:
         if slot.gone:
             return  # left during the call: nothing to count
         streaks = slot.streaks
@@ -720,7 +701,7 @@ class ModelRunnerClient:
         elif kind in (Kind.MODEL_FAILURE, Kind.NEEDS_SETUP):
             verdict = streaks.failure(method)
             if kind is Kind.NEEDS_SETUP and verdict is None:
-                self._spawn(self._bring_up, slot)  # the host restarted and lost the instance
+                slot.request(Check.SETUP)  # the host restarted and lost the instance
         elif kind is Kind.REFUSED:
             pass  # our credentials: not the model's fault
         elif kind is Kind.UNTRUSTED:
@@ -728,7 +709,7 @@ class ModelRunnerClient:
         elif kind in (Kind.TIMEOUT, Kind.UNREACHABLE):
             verdict = streaks.timeout(unreachable=kind is Kind.UNREACHABLE)
             if verdict is None:
-                self._spawn(self._probe, slot)
+                slot.request(Check.PROBE)
         if verdict is not None:
             if verdict == "MULTIPLE_FAILED":
                 reason = (f"{streaks.failures[method]} failures of {method} in a row; "

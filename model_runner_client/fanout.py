@@ -1,9 +1,9 @@
 """`Fanout`: one request to many models at once, each answer or its absence turned into an
 `Outcome` within one deadline.
 
-All calls run under one deadline; when it passes, what is left is cancelled (grpclib resets
-those streams, the connections stay usable). Nothing a model does escapes as an exception: every
-call ends as an Outcome. A semaphore shared by all calls bounds how many are in flight at once.
+All calls run under one deadline; when it passes, what is left is abandoned (the streams are
+reset, the connections stay usable). Nothing a model does escapes as an exception: every call
+ends as an Outcome. At most max_concurrent_calls are in flight at once.
 
 A model's verdict is fixed when its answer arrives: an answer received before the deadline is
 never a TIMEOUT, however long it takes to read. Answers up to INLINE_BYTES are read on arrival;
@@ -13,18 +13,21 @@ cost of that late reading is bounded by the answer limit (the client's
 max_receive_message_length, 4 MiB by default): ~30 ms per MiB for the costliest JSON shape
 (nested small lists), ~4 ms per MiB for flat numbers, measured here with the cyclic GC paused.
 
-This is the one place that uses asyncio primitives instead of anyio's, for measured reasons:
-an anyio task group costs ~23 µs more per call than `asyncio.gather` (346 vs 323 ms per
-1,000-model tick, benchmarks/README.md), most of what the client may spend beyond the transport;
-and an anyio cancel scope directly around `gather` let a CancelledError escape when grpclib
-awaited stream resets during cancellation, where `asyncio.timeout` (3.11) does not. `gather`
-owns and awaits every call like a task group; cancelling `run` cancels them all.
+This is the one place that uses asyncio primitives instead of anyio's, for measured reasons.
+A transport that can start a call at once (ngh2, once connected) hands back the stream's future,
+settled by its protocol: no task and no coroutine per call. At 1,000 models the bare ngh2
+transport cost ~30 µs of CPU per call that way, against ~50 µs with a task per call under
+`asyncio.gather`, and an anyio task group cost ~23 µs per call more than `gather` on grpclib
+(benchmarks/README.md). Calls that need a task (connecting, grpclib) get one, owned by `run`:
+it cancels and awaits every task it started before returning, or when it is cancelled itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import gc
 import logging
 import ssl
@@ -32,8 +35,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
-import anyio
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
@@ -51,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: Answers up to this size are read as they arrive (~7 ms at worst); larger ones afterwards.
 INLINE_BYTES = 256 * 1024
+#: Whether the cyclic GC is paused while the calls of a fan-out run.
+PAUSE_GC = True
 
 
 class Kind(Enum):
@@ -70,13 +75,23 @@ class Kind(Enum):
     UNTRUSTED = "untrusted"
 
 
+#: The status a coordinator sees for each way a call can end.
+_STATUS_OF = {Kind.SUCCESS: CallStatus.SUCCESS, Kind.MODEL_FAILURE: CallStatus.FAILURE,
+              Kind.NEEDS_SETUP: CallStatus.FAILURE, Kind.REFUSED: CallStatus.FAILURE,
+              Kind.UNTRUSTED: CallStatus.FAILURE, Kind.TIMEOUT: CallStatus.TIMEOUT,
+              Kind.UNREACHABLE: CallStatus.TIMEOUT, Kind.NOT_SENT: CallStatus.TIMEOUT}
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    status: CallStatus
     kind: Kind
     output: object = None
     latency_us: int = 0
     detail: str = ""
+
+    @property
+    def status(self) -> CallStatus:
+        return _STATUS_OF[self.kind]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,24 +111,104 @@ class Fanout:
         if max_concurrent_calls < 1:
             raise ValueError("max_concurrent_calls must be at least 1")
         self.max_concurrent_calls = max_concurrent_calls
-        self._slots = anyio.Semaphore(max_concurrent_calls, fast_acquire=True)
 
     async def run(self, jobs: Sequence[Job], timeout: float,
                   decoder: ResultDecoder) -> list[Outcome]:
+        """Send every job's request and settle each within `timeout` seconds.
+
+        A transport that can start a call at once (ngh2, once connected) hands back the
+        stream's future, settled by its protocol: no task and no coroutine per call, ~30 µs of
+        CPU per call instead of ~50 (benchmarks/README.md). Other calls (connecting, grpclib)
+        run as tasks. At most max_concurrent_calls are in flight; each one that ends starts
+        the next.
+        """
         count = len(jobs)
         outcomes: list[Outcome | None] = [None] * count
         sent_at = [0] * count
         #: Large answers received in time: (index, bytes, latency), read after the calls.
         received: list[tuple[int, bytes, int]] = []
         deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        all_settled = loop.create_future()
+        waiting = collections.deque(range(count))
+        in_flight: dict[int, Any] = {}  # index -> the transport's started call, or a Task
+        limit = self.max_concurrent_calls
+
+        def launch() -> None:
+            while waiting and len(in_flight) < limit:
+                index = waiting.popleft()
+                job = jobs[index]
+                sent = sent_at[index] = time.perf_counter_ns()
+                try:
+                    started = job.connection.transport.start(CALL_PATH, job.payload, deadline)
+                except Exception as exc:
+                    outcomes[index] = _outcome_of_error(job, exc, _since(sent))
+                    continue
+                if started is None:
+                    task = loop.create_task(job.connection.unary(CALL_PATH, job.payload,
+                                                                 deadline))
+                    task.add_done_callback(functools.partial(task_done, index))
+                    in_flight[index] = task
+                else:
+                    started.future.add_done_callback(functools.partial(call_done, index))
+                    in_flight[index] = started
+            if not waiting and not in_flight and not all_settled.done():
+                all_settled.set_result(None)
+
+        def call_done(index: int, _: object) -> None:
+            started = in_flight.pop(index, None)
+            if started is None:
+                return  # abandoned at the deadline
+            job = jobs[index]
+            latency = (started.arrived - sent_at[index]) // 1000
+            try:
+                raw = job.connection.transport.finish(started)
+            except Exception as exc:
+                outcomes[index] = _outcome_of_error(job, exc, latency)
+            else:
+                settle(index, raw, latency)
+            launch()
+
+        def task_done(index: int, task: asyncio.Task[bytes]) -> None:
+            if in_flight.pop(index, None) is None:
+                return
+            latency = _since(sent_at[index])
+            if task.cancelled():
+                pass  # ended by the deadline below: settled as a timeout
+            elif (exc := task.exception()) is not None:
+                outcomes[index] = _outcome_of_error(jobs[index], exc, latency)
+            else:
+                settle(index, task.result(), latency)
+            launch()
+
+        def settle(index: int, raw: bytes, latency: int) -> None:
+            if len(raw) > INLINE_BYTES:
+                received.append((index, raw, latency))  # answered in time; read once all settle
+            else:
+                outcomes[index] = _read(jobs[index], raw, latency, decoder)
+
         try:
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(*(self._one(index, job, deadline, decoder, outcomes, sent_at,
-                                                 received)
-                                       for index, job in enumerate(jobs)))
-        except TimeoutError:
-            pass  # calls without an outcome are settled below
-        finished = time.perf_counter_ns()
+            # The GC is paused while the calls run: they allocate many short-lived objects
+            # that reference counting frees (no measurable gain either way, see the README).
+            with _gc_paused() if PAUSE_GC else contextlib.nullcontext():
+                launch()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await all_settled
+        finally:  # the deadline, or `run` itself cancelled: nothing it started outlives it
+            finished = time.perf_counter_ns()
+            waiting.clear()
+            abandoned = list(in_flight.items())
+            in_flight.clear()
+            tasks = []
+            for index, started in abandoned:
+                if isinstance(started, asyncio.Task):
+                    started.cancel()
+                    tasks.append(started)
+                else:
+                    jobs[index].connection.transport.abandon(started)  # RST_STREAM CANCEL
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
         for index, raw, latency in received:
             # One at a time, yielding in between (health probes, the orchestrator link).
             with _gc_paused():  # a million small containers: 3x faster without GC passes
@@ -123,62 +218,41 @@ class Fanout:
         for index, outcome in enumerate(outcomes):
             if outcome is None:
                 if sent_at[index]:
-                    outcome = Outcome(CallStatus.TIMEOUT, Kind.TIMEOUT,
+                    outcome = Outcome(Kind.TIMEOUT,
                                       latency_us=(finished - sent_at[index]) // 1000,
                                       detail=f"no answer within {timeout:g}s")
                 else:
-                    outcome = Outcome(
-                        CallStatus.TIMEOUT, Kind.NOT_SENT,
+                    outcome = Outcome(Kind.NOT_SENT,
                         detail=f"not sent within {timeout:g}s: {self.max_concurrent_calls} calls "
                                "were already in flight (raise max_concurrent_calls)")
             results.append(outcome)
         return results
 
-    async def _one(self, index: int, job: Job, deadline: float, decoder: ResultDecoder,
-                   outcomes: list[Outcome | None], sent_at: list[int],
-                   received: list[tuple[int, bytes, int]]) -> None:
-        async with self._slots:
-            sent = sent_at[index] = time.perf_counter_ns()
-            try:
-                raw = await job.connection.unary(CALL_PATH, job.payload, deadline)
-            except TimeoutError:
-                outcomes[index] = _late(sent, "no answer before the deadline")
-                return
-            except GRPCError as exc:
-                outcomes[index] = _from_grpc_error(sent, exc)
-                return
-            except UntrustedHost as exc:
-                outcomes[index] = Outcome(CallStatus.FAILURE, Kind.UNTRUSTED,
-                                          latency_us=_since(sent),
-                                          detail=f"the host failed the identity check: {exc}")
-                return
-            except ResponseTooLarge as exc:
-                outcomes[index] = Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE,
-                                          latency_us=_since(sent), detail=str(exc))
-                return
-            except ssl.SSLError as exc:
-                outcomes[index] = Outcome(
-                    CallStatus.FAILURE, Kind.REFUSED, latency_us=_since(sent),
-                    detail=f"TLS failed: {exc}; check the client's TLS settings")
-                return
-            except (OSError, StreamTerminatedError, ProtocolError) as exc:
-                outcomes[index] = Outcome(
-                    CallStatus.TIMEOUT, Kind.UNREACHABLE, latency_us=_since(sent),
-                    detail=f"unreachable: {type(exc).__name__}: {exc}")
-                return
-            except Exception as exc:
-                # grpclib raises odd errors on a connection closed under a call (e.g. when the
-                # model was replaced mid-call); nothing a transport does escapes `call`.
-                logger.debug("call to %s ended by %r", job.connection.endpoint, exc)
-                outcomes[index] = Outcome(
-                    CallStatus.TIMEOUT, Kind.UNREACHABLE, latency_us=_since(sent),
-                    detail=f"connection lost: {type(exc).__name__}: {exc}")
-                return
-            latency = _since(sent)
-        if len(raw) > INLINE_BYTES:
-            received.append((index, raw, latency))  # answered in time; read once all settle
-        else:
-            outcomes[index] = _read(job, raw, latency, decoder)
+
+def _outcome_of_error(job: Job, exc: BaseException, latency: int) -> Outcome:
+    """How a call that ended in an exception counts: the one place transport errors map."""
+    if isinstance(exc, TimeoutError):
+        return Outcome(Kind.TIMEOUT, latency_us=latency,
+                       detail="no answer before the deadline")
+    if isinstance(exc, GRPCError):
+        return _from_grpc_error(latency, exc)
+    if isinstance(exc, UntrustedHost):
+        return Outcome(Kind.UNTRUSTED, latency_us=latency,
+                       detail=f"the host failed the identity check: {exc}")
+    if isinstance(exc, ResponseTooLarge):
+        return Outcome(Kind.MODEL_FAILURE, latency_us=latency,
+                       detail=str(exc))
+    if isinstance(exc, ssl.SSLError):
+        return Outcome(Kind.REFUSED, latency_us=latency,
+                       detail=f"TLS failed: {exc}; check the client's TLS settings")
+    if isinstance(exc, OSError | StreamTerminatedError | ProtocolError):
+        return Outcome(Kind.UNREACHABLE, latency_us=latency,
+                       detail=f"unreachable: {type(exc).__name__}: {exc}")
+    # grpclib raises odd errors on a connection closed under a call (e.g. when the model was
+    # replaced mid-call); nothing a transport does escapes `call`.
+    logger.debug("call to %s ended by %r", job.connection.endpoint, exc)
+    return Outcome(Kind.UNREACHABLE, latency_us=latency,
+                   detail=f"connection lost: {type(exc).__name__}: {exc}")
 
 
 def _read(job: Job, raw: bytes, latency: int, decoder: ResultDecoder) -> Outcome:
@@ -186,18 +260,27 @@ def _read(job: Job, raw: bytes, latency: int, decoder: ResultDecoder) -> Outcome
         return read_answer(raw, latency, decoder)
     except Exception as exc:  # a bug of ours must not fail the whole call
         logger.exception("could not read the answer of %s", job.connection.endpoint)
-        return Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE, latency_us=latency,
+        return Outcome(Kind.MODEL_FAILURE, latency_us=latency,
                        detail=f"could not read the answer: {exc!r}")
+
+
+_gc_pauses = 0
+_gc_was_enabled = False
 
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    was_enabled = gc.isenabled()
-    gc.disable()
+    """Pause the cyclic GC; pauses nest (overlapping fan-outs), the last one out restores it."""
+    global _gc_pauses, _gc_was_enabled
+    if _gc_pauses == 0:
+        _gc_was_enabled = gc.isenabled()
+        gc.disable()
+    _gc_pauses += 1
     try:
         yield
     finally:
-        if was_enabled:
+        _gc_pauses -= 1
+        if _gc_pauses == 0 and _gc_was_enabled:
             gc.enable()
 
 
@@ -205,41 +288,36 @@ def read_answer(raw: bytes, latency_us: int, decoder: ResultDecoder) -> Outcome:
     try:
         answer = parse_call_response(raw)
     except ValueError as exc:
-        return Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE, latency_us=latency_us,
+        return Outcome(Kind.MODEL_FAILURE, latency_us=latency_us,
                        detail=f"unreadable response: {exc}")
     # Older hosts send no Status on success; their errors arrive as gRPC statuses instead.
     if answer.code and answer.code != StatusCode.SUCCESS:
         kind = Kind.NEEDS_SETUP if answer.code == StatusCode.FAILED_PRECONDITION \
             else Kind.MODEL_FAILURE
-        return Outcome(CallStatus.FAILURE, kind, latency_us=latency_us,
+        return Outcome(kind, latency_us=latency_us,
                        detail=f"{answer.code or 'no status'}: {answer.message}")
     try:
         output = decoder(answer.variant_type, answer.value)
     except VariantError as exc:
-        return Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE, latency_us=latency_us,
+        return Outcome(Kind.MODEL_FAILURE, latency_us=latency_us,
                        detail=f"unreadable result: {exc}")
     except ValueError as exc:
-        return Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE, latency_us=latency_us,
+        return Outcome(Kind.MODEL_FAILURE, latency_us=latency_us,
                        detail=str(exc))
-    return Outcome(CallStatus.SUCCESS, Kind.SUCCESS, output, latency_us)
+    return Outcome(Kind.SUCCESS, output, latency_us)
 
 
 def _since(sent: int) -> int:
     return (time.perf_counter_ns() - sent) // 1000
 
 
-def _late(sent: int, detail: str) -> Outcome:
-    return Outcome(CallStatus.TIMEOUT, Kind.TIMEOUT, latency_us=_since(sent), detail=detail)
-
-
-def _from_grpc_error(sent: int, exc: GRPCError) -> Outcome:
+def _from_grpc_error(latency: int, exc: GRPCError) -> Outcome:
     detail = f"gRPC {exc.status.name}: {exc.message or ''}".rstrip(": ")
     if exc.status in _TIMEOUT_STATUSES:
-        return _late(sent, detail)
+        return Outcome(Kind.TIMEOUT, latency_us=latency, detail=detail)
     if exc.status in (GrpcStatus.UNAUTHENTICATED, GrpcStatus.PERMISSION_DENIED):
-        return Outcome(CallStatus.FAILURE, Kind.REFUSED, latency_us=_since(sent),
+        return Outcome(Kind.REFUSED, latency_us=latency,
                        detail=f"{detail}; check the client's auth_token / TLS settings")
     if exc.status is GrpcStatus.UNAVAILABLE:
-        return Outcome(CallStatus.TIMEOUT, Kind.UNREACHABLE, latency_us=_since(sent),
-                       detail=detail)
-    return Outcome(CallStatus.FAILURE, Kind.MODEL_FAILURE, latency_us=_since(sent), detail=detail)
+        return Outcome(Kind.UNREACHABLE, latency_us=latency, detail=detail)
+    return Outcome(Kind.MODEL_FAILURE, latency_us=latency, detail=detail)

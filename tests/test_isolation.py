@@ -183,7 +183,7 @@ def four_hosts() -> Iterator[list[HostProcess]]:
 ])
 async def test_a_costly_answer_costs_only_its_own_model(
         four_hosts: list[HostProcess], nested: int, delay: float, limit: int | None,
-        heavy_status: CallStatus) -> None:
+        heavy_status: CallStatus, transport: str) -> None:
     """One model answers with megabytes of nested lists; three honest ones answer after 0.5 s.
     With timeout=1.0 the honest ones are SUCCESS on every tick (they were once marked TIMEOUT
     because the heavy answer was decoded first, on the loop, inside the deadline), and no one
@@ -212,8 +212,9 @@ async def test_a_costly_answer_costs_only_its_own_model(
                 assert "over the client's max_receive_message_length" in results["heavy"].detail
             else:
                 assert len(results["heavy"].output) == nested
-            # The timeout, plus reading one answer of a few MiB after it, plus a margin.
-            assert elapsed < 1.0 + 1.0, elapsed
+            # The timeout, plus reading one answer of a few MiB after it (~0.1-0.5 s), plus a
+            # generous margin; pure-Python HTTP/2 (grpclib) also receives megabytes slowly.
+            assert elapsed < 1.0 + (2.0 if transport == "ngh2" else 4.0), elapsed
         assert reports == []
 
 

@@ -42,6 +42,9 @@ __all__ = [
     "encode_variant_value",
 ]
 
+#: The largest message existing model hosts accept by default (gRPC's usual default: 4 MiB).
+DEFAULT_MAX_MESSAGE_LENGTH = 64 * 1024 * 1024
+
 #: gRPC paths of the DynamicSubclassService (part of the wire contract).
 SETUP_PATH = "/dynamic_subclass.DynamicSubclassService/Setup"
 CALL_PATH = "/dynamic_subclass.DynamicSubclassService/Call"

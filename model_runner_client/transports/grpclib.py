@@ -88,6 +88,16 @@ class GrpclibTransport:
             raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
         return reply
 
+    def start(self, path: str, payload: bytes, deadline: float | None) -> None:
+        """grpclib calls are coroutines: the fan-out runs them as tasks (`unary`)."""
+        return None
+
+    def finish(self, started: Any) -> bytes:
+        raise NotImplementedError("grpclib starts no call without a task")
+
+    def abandon(self, started: Any) -> None:
+        raise NotImplementedError("grpclib starts no call without a task")
+
     def _peer_spki(self, stream: Stream[bytes, bytes]) -> bytes:
         """The public key of the TLS certificate this stream's host presented."""
         # grpclib's Peer offers the certificate only as a dict without its key; its transport

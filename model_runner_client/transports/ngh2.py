@@ -49,16 +49,21 @@ _HTTP_TO_GRPC = {400: GrpcStatus.INTERNAL, 401: GrpcStatus.UNAUTHENTICATED,
 
 
 class _Call:
-    """One stream's answer as it arrives."""
+    """One stream: its answer as it arrives, and where it runs (for cancelling it)."""
 
-    __slots__ = ("data", "future", "headers", "length", "trailers")
+    __slots__ = ("arrived", "check_peer", "connection", "data", "future", "headers", "length",
+                 "stream_id", "trailers")
 
-    def __init__(self, future: asyncio.Future[_Call]) -> None:
+    def __init__(self, future: asyncio.Future[_Call], check_peer: bool = True) -> None:
         self.future = future
+        self.check_peer = check_peer
         self.headers: tuple[Any, ...] = ()
         self.trailers: tuple[Any, ...] | None = None
         self.data = bytearray()
         self.length = -1  # the gRPC message's length, once its prefix arrived
+        self.arrived = 0  # time.perf_counter_ns() when the answer was complete (or failed)
+        self.connection: _Connection | None = None
+        self.stream_id = 0
 
 
 class _Connection(asyncio.Protocol):
@@ -120,6 +125,7 @@ class _Connection(asyncio.Protocol):
         stream_id = self.h2.send_request(headers)
         self.h2.send_data(stream_id, frame, end_stream=True)
         self.calls[stream_id] = call
+        call.connection, call.stream_id = self, stream_id
         self.flush()
         return stream_id
 
@@ -205,6 +211,7 @@ class _Connection(asyncio.Protocol):
     def _settle(self, stream_id: int, call: _Call) -> None:
         del self.calls[stream_id]
         if not call.future.done():
+            call.arrived = time.perf_counter_ns()
             call.future.set_result(call)
 
     def _fail(self, stream_id: int, error: BaseException) -> None:
@@ -213,12 +220,15 @@ class _Connection(asyncio.Protocol):
             return
         self.cancel(stream_id)  # nothing more is wanted from it
         if not call.future.done():
+            call.arrived = time.perf_counter_ns()
             call.future.set_exception(error)
 
     def _fail_all(self, error: BaseException) -> None:
         calls, self.calls = self.calls, {}
+        arrived = time.perf_counter_ns()
         for call in calls.values():
             if not call.future.done():
+                call.arrived = arrived
                 call.future.set_exception(error)
 
 
@@ -328,25 +338,50 @@ class Ngh2Transport:
     async def _unary(self, path: str, payload: bytes, deadline: float | None,
                      check_peer: bool) -> bytes:
         connection = await self._connected()
+        call = self._open(connection, path, payload, deadline, check_peer)
+        try:
+            await call.future
+        except BaseException:  # the deadline, or the caller cancelled: the host stops too
+            connection.cancel(call.stream_id)
+            raise
+        return self.finish(call)
+
+    def start(self, path: str, payload: bytes, deadline: float | None,
+              check_peer: bool = True) -> _Call | None:
+        """Open the call now if the connection is up (None otherwise: use `unary`); its
+        `future` settles when the answer is in, then `finish` reads it. No task, no coroutine:
+        what a fan-out to thousands of models wants."""
+        connection = self._connection
+        if connection is None or connection.done:
+            return None
+        return self._open(connection, path, payload, deadline, check_peer)
+
+    def _open(self, connection: _Connection, path: str, payload: bytes, deadline: float | None,
+              check_peer: bool) -> _Call:
         headers = [*self._head, (b":path", path.encode()), *self._tail]
         if deadline is not None:
             headers.append((b"grpc-timeout", _grpc_timeout(deadline - time.monotonic())))
         metadata = self.security.metadata()
         if metadata:
             headers.extend((k.encode(), v.encode()) for k, v in metadata.items())
-        future: asyncio.Future[_Call] = asyncio.get_running_loop().create_future()
+        call = _Call(asyncio.get_running_loop().create_future(), check_peer)
         try:
-            stream_id = connection.open_stream(headers, _framed(payload), _Call(future))
+            connection.open_stream(headers, _framed(payload), call)
         except ngh2.NGH2Error as exc:
             connection.done = True  # (GOAWAY, no stream ids left): the next call reconnects
             raise ConnectionError(f"cannot open a stream: {type(exc).__name__}: {exc}") \
                 from None
-        try:
-            call = await future
-        except BaseException:  # the deadline, or the caller cancelled: the host stops too
-            connection.cancel(stream_id)
-            raise
-        return self._message(call, connection, check_peer)
+        return call
+
+    def finish(self, call: _Call) -> bytes:
+        """The answer of a settled call, or the exception it ended with (see `unary`)."""
+        assert call.connection is not None
+        return self._message(call.future.result(), call.connection, call.check_peer)
+
+    def abandon(self, call: _Call) -> None:
+        """The caller gives up (the deadline): RST_STREAM CANCEL, and the stream is forgotten."""
+        if call.connection is not None:
+            call.connection.cancel(call.stream_id)
 
     def _message(self, call: _Call, connection: _Connection, check_peer: bool) -> bytes:
         status, message = _grpc_status(call)
@@ -386,7 +421,10 @@ class Ngh2Transport:
 
 def _grpc_status(call: _Call) -> tuple[GrpcStatus, str]:
     """The call's gRPC status: from its trailers, or from the HTTP status when there is none."""
-    fields: Mapping[bytes, bytes] = dict(call.trailers or ())
+    trailers = call.trailers or ()
+    if len(trailers) == 1 and trailers[0][0] == b"grpc-status" and trailers[0][1] == b"0":
+        return GrpcStatus.OK, ""  # nearly every answer
+    fields: Mapping[bytes, bytes] = dict(trailers)
     raw = fields.get(b"grpc-status")
     if raw is None:
         http = dict(call.headers).get(b":status", b"")

@@ -1,0 +1,92 @@
+"""A bare gRPC server on ngh2 answering constants: cheap enough that a fan-out benchmark
+measures the client, not the server.
+
+    python benchmarks/fast_server.py PORT [--hang]
+
+Setup and Call get SUCCESS (Call with the result 1.0), health Check gets SERVING; with --hang,
+Call never answers. Two grpclib servers on one core answered ~2,000 calls/s, so a 1,000-model
+tick took ~0.5 s whatever the client did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import sys
+
+import ngh2
+from grpclib.health.v1.health_pb2 import HealthCheckResponse
+
+from model_runner.wire import CallResponse, Status, encode_value
+
+
+def _framed(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+# SetupResponse and CallResponse both hold their Status as field 1: one answer serves both.
+CALL_ANSWER = _framed(bytes(CallResponse(status=Status(code="SUCCESS"),
+                                         method_response=encode_value(1.0))))
+HEALTH_ANSWER = _framed(HealthCheckResponse(status=HealthCheckResponse.SERVING)
+                        .SerializeToString())
+HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+TRAILERS = [(b"grpc-status", b"0")]
+
+
+class _Server(asyncio.Protocol):
+    def __init__(self, hang: bool) -> None:
+        self.hang = hang
+        self.h2 = ngh2.Connection(ngh2.Role.SERVER)
+        self.paths: dict[int, bytes] = {}
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.h2.initiate_connection()
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.h2.receive_data(data)
+        except ngh2.NGH2Error:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in self.h2.events():
+            if isinstance(event, ngh2.RequestReceived):
+                self.paths[event.stream_id] = dict(event.headers).get(b":path", b"")
+            elif isinstance(event, ngh2.DataReceived) and event.end_stream:
+                self._answer(event.stream_id)
+            elif isinstance(event, ngh2.StreamClosed):
+                self.paths.pop(event.stream_id, None)
+        self._flush()
+
+    def _answer(self, stream_id: int) -> None:
+        path = self.paths.get(stream_id, b"")
+        if path.endswith(b"/Check"):
+            answer = HEALTH_ANSWER
+        elif path.endswith(b"/Call") and self.hang:
+            return
+        else:
+            answer = CALL_ANSWER
+        self.h2.send_response(stream_id, HEADERS)
+        self.h2.send_data(stream_id, answer)
+        self.h2.send_trailers(stream_id, TRAILERS)
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+
+async def main(port: int, hang: bool) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Server(hang), "127.0.0.1", port, backlog=4096)
+    print(f"serving on {port}", flush=True)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of models connect
+    asyncio.run(main(int(sys.argv[1]), "--hang" in sys.argv[2:]))
