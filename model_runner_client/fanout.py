@@ -313,6 +313,9 @@ def _since(sent: int) -> int:
 
 def _from_grpc_error(latency: int, exc: GRPCError) -> Outcome:
     detail = f"gRPC {exc.status.name}: {exc.message or ''}".rstrip(": ")
+    if exc.status is GrpcStatus.DEADLINE_EXCEEDED:  # the host's side of the same deadline
+        return Outcome(Kind.TIMEOUT, latency_us=latency,
+                       detail=f"no answer before the deadline ({detail} from the host)")
     if exc.status in _TIMEOUT_STATUSES:
         return Outcome(Kind.TIMEOUT, latency_us=latency, detail=detail)
     if exc.status in (GrpcStatus.UNAUTHENTICATED, GrpcStatus.PERMISSION_DENIED):
