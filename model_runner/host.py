@@ -8,13 +8,13 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from grpclib.events import SendInitialMetadata, listen
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server
 
+from ._grpclib import bound_port
 from .security import CallGuard, DelegationHeaders, server_tls_context
 from .service import DynamicSubclassService
 from .wire import DEFAULT_MAX_MESSAGE_LENGTH
@@ -110,10 +110,7 @@ class ModelHost:
         else:
             # A large backlog: a coordinator connects to every model at once after a restart.
             await self._server.start(config.host, config.port, ssl=tls, backlog=1024)
-            # grpclib keeps the asyncio server private; its sockets tell the port bound for 0.
-            listener: Any = self._server._server
-            sockets = listener.sockets if listener is not None else ()
-            self.port = sockets[0].getsockname()[1] if sockets else config.port
+            self.port = bound_port(self._server) or config.port
         self._overall.set(True)
 
     @property

@@ -24,6 +24,7 @@ from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 
+from ._grpclib import raw_stream
 from .containment import describe
 from .discovery import DiscoveryError, discover_class, unload_submission
 from .serial import DeadlinePassed, SerialRunner
@@ -454,7 +455,7 @@ async def _recv_bounded(
     grpclib's own `recv_message` buffers whatever length the prefix claims before decoding and has
     no size limit, so the 5-byte gRPC message prefix is read here from the HTTP/2 stream.
     """
-    h2_stream = stream._stream  # grpclib.protocol.Stream; no public access to the raw frames
+    h2_stream = raw_stream(stream)
     prefix = await h2_stream.recv_data(5)
     if len(prefix) < 5:
         raise GRPCError(GrpcStatus.INVALID_ARGUMENT,

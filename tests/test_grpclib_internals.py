@@ -43,12 +43,30 @@ async def test_client_reads_the_length_prefix_and_the_peer(toolbox_host: HostPro
         assert (await client.call("big", 10))[0].output == "x" * 10
 
 
-def test_host_reads_its_bound_port() -> None:
-    """grpclib.server.Server._server (the asyncio server whose sockets tell the port bound for
-    port 0) and server Stream._stream.recv_data (the request limit, tested in test_service)."""
+async def test_host_reads_its_bound_port_and_raw_stream() -> None:
+    """model_runner/_grpclib.py: Server._server (the port bound for port 0) and a server
+    Stream's _stream.recv_data (the request limit, read from the length prefix)."""
+    from grpclib.client import Channel
+    from grpclib.const import Status as GrpcStatus
+    from grpclib.exceptions import GRPCError
+    from grpclib.health.check import ServiceStatus
+
+    from model_runner import HostConfig, ModelHost
+    from model_runner._grpclib import bound_port
+    from model_runner.wire import CallRequest, DynamicSubclassServiceStub
     from tests.hosts import TEST_SUBMISSIONS
-    host = HostProcess(TEST_SUBMISSIONS / "toolbox").start()
+
+    host = ModelHost(HostConfig(TEST_SUBMISSIONS / "toolbox", host="127.0.0.1", port=0,
+                                max_receive_message_length=100))
+    await host.start()
     try:
-        assert host.port > 0 and f"127.0.0.1:{host.port}" in host.log
+        port = bound_port(host._server)
+        assert port is not None and port > 0 and host.port == port
+        async with Channel("127.0.0.1", port) as channel:
+            with pytest.raises(GRPCError) as refused:
+                await DynamicSubclassServiceStub(channel).call(
+                    CallRequest(method_name="x" * 200), timeout=10)
+            assert refused.value.status is GrpcStatus.RESOURCE_EXHAUSTED
+        assert isinstance(host._overall, ServiceStatus)
     finally:
-        host.stop()
+        await host.drain(0)
