@@ -10,9 +10,9 @@ forever).
 from __future__ import annotations
 
 import asyncio
-import resource
 import sys
 
+from fanout_common import raise_file_limit  # (benchmarks/, run as a script)
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server
@@ -50,6 +50,5 @@ async def main(port: int, hang: bool) -> None:
 
 
 if __name__ == "__main__":
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of models connect
+    raise_file_limit()  # thousands of models connect
     asyncio.run(main(int(sys.argv[1]), "--hang" in sys.argv[2:]))

@@ -11,10 +11,10 @@ tick took ~0.5 s whatever the client did.
 from __future__ import annotations
 
 import asyncio
-import resource
 import sys
 
 import ngh2
+from fanout_common import raise_file_limit  # (benchmarks/, run as a script)
 from grpclib.health.v1.health_pb2 import HealthCheckResponse
 
 from model_runner.wire import CallResponse, Status, encode_value
@@ -87,6 +87,5 @@ async def main(port: int, hang: bool) -> None:
 
 
 if __name__ == "__main__":
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of models connect
+    raise_file_limit()  # thousands of models connect
     asyncio.run(main(int(sys.argv[1]), "--hang" in sys.argv[2:]))

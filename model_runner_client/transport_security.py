@@ -8,16 +8,19 @@ The client's options (`ssl=`, `auth_token=`, `metadata=`, `secure_credentials=`,
 from __future__ import annotations
 
 import base64
+import functools
 import ssl as _ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from model_runner.wire.auth import (
     SERVER_AUTH_MESSAGE,
     SERVER_AUTH_SIGNATURE,
     SERVER_WALLET_PUBKEY,
     AuthError,
+    cert_spki,
     gateway_metadata,
     model_node_name,
     spki,
@@ -27,11 +30,26 @@ from model_runner.wire.auth import (
 from .models import ModelEndpoint
 from .security import GatewayCredentials, SecureCredentials
 
-__all__ = ["ConnectionSecurity", "Security", "UntrustedHost"]
+__all__ = ["ConnectionSecurity", "Security", "UntrustedHost", "peer_spki"]
 
 
 class UntrustedHost(AuthError):
     """The host did not prove it belongs to the model's cruncher: it is never called."""
+
+
+def peer_spki(transport: Any) -> bytes:
+    """The public key (DER SubjectPublicKeyInfo) of the TLS certificate the host presented on
+    an asyncio transport; raises UntrustedHost when there is none."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        raise UntrustedHost("the host presented no TLS certificate")
+    return _spki_of(der)
+
+
+@functools.lru_cache(maxsize=4096)
+def _spki_of(der_certificate: bytes) -> bytes:
+    return cert_spki(der_certificate)  # parsed once per certificate, not once per call
 
 
 #: Checks a response's headers against the TLS key (DER SPKI) the host presented.

@@ -5,6 +5,7 @@ other models are called as usual. On both transports."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -38,7 +39,8 @@ async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     writer.close()
 
 
-async def _serve(behaviour: Behaviour) -> AsyncIterator[int]:
+@contextlib.asynccontextmanager
+async def _serving(behaviour: Behaviour) -> AsyncIterator[int]:
     server = await asyncio.start_server(behaviour, "127.0.0.1", 0)  # type: ignore[arg-type]
     try:
         yield server.sockets[0].getsockname()[1]
@@ -47,8 +49,8 @@ async def _serve(behaviour: Behaviour) -> AsyncIterator[int]:
 
 
 async def check(good_host: HostProcess, behaviour: Behaviour) -> None:
-    async for port in _serve(behaviour):
-        reports: list[FailureReport] = []
+    reports: list[FailureReport] = []
+    async with _serving(behaviour) as port:
         client = ModelRunnerClient.from_addresses(
             [ModelEndpoint("good", "127.0.0.1", good_host.port, "d"),
              ModelEndpoint("odd", "127.0.0.1", port, "d")],

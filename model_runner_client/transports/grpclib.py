@@ -21,11 +21,10 @@ from grpclib.exceptions import GRPCError, ProtocolError
 from grpclib.metadata import Deadline
 from grpclib.protocol import H2Protocol
 
-from model_runner.wire.auth import cert_spki
 from model_runner.wire.codec import PassthroughCodec
 
 from ..models import ModelEndpoint
-from ..transport_security import ConnectionSecurity, UntrustedHost
+from ..transport_security import ConnectionSecurity, peer_spki
 from . import ResponseTooLarge
 
 __all__ = ["CLOSED_STREAMS_KEPT", "GrpclibTransport"]
@@ -61,7 +60,6 @@ class GrpclibTransport:
         self.endpoint = endpoint
         self.security = security
         self.limit = max_receive_message_length
-        self._peer: tuple[bytes, bytes] | None = None  # (DER certificate, its SPKI)
         self._channel = self._new_channel()
 
     def _new_channel(self) -> Channel:
@@ -82,7 +80,10 @@ class GrpclibTransport:
             if check_peer and self.security.check_peer is not None:
                 await stream.recv_initial_metadata()
                 headers = cast(Mapping[str, str], stream.initial_metadata or {})
-                self.security.check_peer(headers, self._peer_spki(stream))
+                # grpclib's Peer offers the certificate only as a dict without its key; its
+                # transport has the DER form.
+                self.security.check_peer(headers, peer_spki(getattr(stream.peer, "_transport",
+                                                                    None)))
             reply = await _recv_limited(stream, self.limit)
         if reply is None:
             raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
@@ -97,19 +98,6 @@ class GrpclibTransport:
 
     def abandon(self, started: Any) -> None:
         raise NotImplementedError("grpclib starts no call without a task")
-
-    def _peer_spki(self, stream: Stream[bytes, bytes]) -> bytes:
-        """The public key of the TLS certificate this stream's host presented."""
-        # grpclib's Peer offers the certificate only as a dict without its key; its transport
-        # has the DER form.
-        transport: Any = getattr(stream.peer, "_transport", None)
-        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:
-            raise UntrustedHost("the host presented no TLS certificate")
-        if self._peer is None or self._peer[0] != der:
-            self._peer = (der, cert_spki(der))
-        return self._peer[1]
 
     def reconnect(self) -> None:
         """Drop the HTTP/2 connection; the next request opens a fresh one."""

@@ -25,10 +25,8 @@ import ngh2
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 
-from model_runner.wire.auth import cert_spki
-
 from ..models import ModelEndpoint
-from ..transport_security import ConnectionSecurity, UntrustedHost
+from ..transport_security import ConnectionSecurity, peer_spki
 from . import ResponseTooLarge
 
 __all__ = ["Ngh2Transport"]
@@ -390,21 +388,13 @@ class Ngh2Transport:
         if check_peer and self.security.check_peer is not None:
             headers = {bytes(k).decode("latin-1"): bytes(v).decode("latin-1")
                        for k, v in call.headers}
-            self.security.check_peer(headers, self._peer_spki(connection))
+            self.security.check_peer(headers, peer_spki(connection.transport))
         if call.length < 0:
             raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
         if len(call.data) < 5 + call.length:
             raise ConnectionResetError(f"the answer was cut short: {len(call.data) - 5} of "
                                        f"{call.length} bytes")
         return bytes(call.data[5:5 + call.length])
-
-    def _peer_spki(self, connection: _Connection) -> bytes:
-        transport = connection.transport
-        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:
-            raise UntrustedHost("the host presented no TLS certificate")
-        return cert_spki(der)
 
     def reconnect(self) -> None:
         """Drop the connection; the next call opens a fresh one."""
