@@ -1,4 +1,5 @@
-"""One slot per model the client holds: its connection, its failure streaks, and its state.
+"""The models the client holds: a slot per model (its connection, failure streaks and state),
+how each is set up and checked, and what the failure policy does with an outcome.
 
 A slot's state is one value, written by the client's registry code only:
 
@@ -14,16 +15,76 @@ Setup, then waits for the failure policy to ask for a check (`request`), one at 
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import random
+import re
+import resource
+import ssl as _ssl
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
 import anyio
+from grpclib.const import Status as GrpcStatus
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.health.v1.health_pb2 import HealthCheckResponse
+
+from model_runner.wire import SERVICE_NAME, StatusCode
 
 from .connection import ModelConnection
+from .events import EventKind, FailureReport, ModelEvent
+from .fanout import Kind, Outcome
 from .models import ModelEndpoint
 from .policy import Streaks
+from .transport_security import UntrustedHost
 
-__all__ = ["Check", "Slot", "SlotState"]
+__all__ = ["Check", "Registry", "Slot", "SlotState", "UnknownModelError"]
+
+logger = logging.getLogger(__name__)
+
+#: File descriptors left for everything but model connections before the client warns.
+_FD_HEADROOM = 64
+#: Departed models remembered, so results for them can still carry their metadata.
+_DEPARTED_KEPT = 10_000
+#: Setups (connect + Setup) in flight at once: 10,000 joining entries at an address that
+#: refuses connections, all set up at once, held the loop 5-21 s and ticks with it.
+MAX_CONCURRENT_SETUPS = 64
+_CONNECTION_ERRORS = (OSError, TimeoutError, GRPCError, StreamTerminatedError, ProtocolError)
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` cannot be connected to, or None: an IP address or a DNS name (labels of 1 to
+    63 letters, digits, '-' or '_'; 253 characters at most)."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        ascii_name = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        return f"host name {host[:80]!r} is not a valid DNS name ({exc})"
+    labels = ascii_name.rstrip(".").split(".")
+    if len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return f"host name {host[:80]!r} is not a valid DNS name or IP address"
+    return None
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _is_credentials_error(exc: BaseException) -> bool:
+    if isinstance(exc, GRPCError):
+        return exc.status in (GrpcStatus.UNAUTHENTICATED, GrpcStatus.PERMISSION_DENIED)
+    return isinstance(exc, _ssl.SSLError)
+
+
+class UnknownModelError(KeyError):
+    """`models=` named a model this client has never held."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class SlotState(Enum):
@@ -77,3 +138,308 @@ class Slot:
         # no cancel scope reaches into the transport, whose stream resets swallow them.
         self.connection.close()
         self.wake.set()  # the supervisor ends
+
+
+class Registry:
+    """The client's model set (the `ModelRegistry` that model sources drive), each model's
+    supervisor, and the failure policy's effects. The client hands it four things: how to
+    connect to a model, how to run background work, and where changes, events and failure
+    reports go (delivered in order by the client)."""
+
+    def __init__(
+        self,
+        *,
+        setup_payload: bytes,
+        setup_timeout: float,
+        connect_attempts: int,
+        probe_timeout: float,
+        max_consecutive_failures: int,
+        max_consecutive_timeouts: int,
+        connect: Callable[[ModelEndpoint], ModelConnection],
+        spawn: Callable[..., None],
+        changed: Callable[[], None],
+        emit: Callable[[ModelEvent | FailureReport], None],
+    ) -> None:
+        self._setup_payload = setup_payload
+        self.setup_timeout = setup_timeout
+        self.connect_attempts = connect_attempts
+        self.probe_timeout = probe_timeout
+        self.max_consecutive_failures = max_consecutive_failures
+        self.max_consecutive_timeouts = max_consecutive_timeouts
+        self._connect = connect
+        self._spawn = spawn
+        self._changed = changed
+        self._emit = emit
+        self.slots: dict[str, Slot] = {}
+        self.departed: dict[str, ModelEndpoint] = {}
+        #: Every model id ever held (ids only, so the memory of departed ones can be bounded
+        #: without a held-then-forgotten id passing for one never held).
+        self._ever_held: set[str] = set()
+        self._reported: set[tuple[str, str]] = set()
+        self._setups = anyio.Semaphore(MAX_CONCURRENT_SETUPS)
+        #: The source has delivered its first complete list (the orchestrator's `init`).
+        self.is_listed = False
+        self._fd_warned = False
+
+    def discard_all(self) -> None:
+        for slot in list(self.slots.values()):
+            self._discard(slot)
+
+    @property
+    def models(self) -> list[ModelEndpoint]:
+        """The models ready for calls (set up), in the order they were added."""
+        return [slot.endpoint for slot in self.slots.values() if slot.callable]
+
+    @property
+    def pending(self) -> list[ModelEndpoint]:
+        """Models still connecting or being set up."""
+        return [slot.endpoint for slot in self.slots.values() if not slot.callable]
+
+    def upsert(self, endpoint: ModelEndpoint) -> None:
+        """Add a model, or replace it when its address or deployment changed."""
+        if (endpoint.model_id, endpoint.deployment_id) in self._reported:
+            logger.info("not adding %s again: this deployment was reported as failed", endpoint)
+            return
+        problem = _host_problem(endpoint.ip)
+        if problem is not None:
+            # Never connectable: report it now rather than leave it pending forever.
+            current = self.slots.get(endpoint.model_id)
+            if current is not None:
+                self._drop(current, f"replaced by a deployment at an impossible address: "
+                                    f"{problem}")
+            self._ever_held.add(endpoint.model_id)
+            self.departed[endpoint.model_id] = endpoint
+            self._report(endpoint, "CONNECTION_FAILED", f"{problem}; the orchestrator gave "
+                                                        "an address no connection can reach")
+            return
+        current = self.slots.get(endpoint.model_id)
+        if current is not None:
+            same_place = (current.endpoint.deployment_id == endpoint.deployment_id
+                          and current.endpoint.address == endpoint.address)
+            if same_place:
+                current.endpoint = endpoint  # fresher metadata, same deployment
+                return
+            previous = current.endpoint if current.callable else current.previous
+            self._discard(current)
+        else:
+            previous = self.departed.pop(endpoint.model_id, None)
+            if previous is not None and previous.deployment_id == endpoint.deployment_id:
+                previous = None  # the same deployment coming back is a join, not a redeploy
+        connection = self._connect(endpoint)
+        slot = Slot(endpoint, connection, Streaks(self.max_consecutive_failures,
+                                                   self.max_consecutive_timeouts),
+                     previous=previous)
+        self.slots[endpoint.model_id] = slot
+        self._ever_held.add(endpoint.model_id)
+        self._check_descriptors()
+        self._spawn(self._supervise, slot)
+        self._changed()
+
+    def _check_descriptors(self) -> None:
+        """Warn once when the models (one connection each) near the open-file limit."""
+        if self._fd_warned:
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and len(self.slots) + _FD_HEADROOM > soft:
+            self._fd_warned = True
+            logger.warning(
+                "%d models need as many open connections, near this process's limit of %d "
+                "open files (hard limit %s); raise it with `ulimit -n` or "
+                "resource.setrlimit(resource.RLIMIT_NOFILE, ...) before starting the client",
+                len(self.slots), soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
+
+    def listed(self) -> None:
+        """The source has delivered its complete list of models (called by sources)."""
+        if not self.is_listed:
+            self.is_listed = True
+            self._changed()
+
+    def get_model(self, model_id: str) -> ModelEndpoint | None:
+        """The ready model with this id, if the client holds one."""
+        slot = self.slots.get(model_id)
+        return slot.endpoint if slot is not None and slot.callable else None
+
+    def model_ids(self) -> set[str]:
+        """Every model held, ready or still being set up."""
+        return set(self.slots)
+
+    def deployment_of(self, model_id: str) -> str | None:
+        slot = self.slots.get(model_id)
+        return slot.endpoint.deployment_id if slot is not None else None
+
+    def remove(self, model_id: str, reason: str, *, deployment_id: str | None = None) -> None:
+        """Remove a model (if `deployment_id` is given, only if it is still that deployment)."""
+        slot = self.slots.get(model_id)
+        if slot is None:
+            return
+        if deployment_id is not None and slot.endpoint.deployment_id != deployment_id:
+            return  # about an older deployment than the one held
+        self._drop(slot, reason)
+
+    def _discard(self, slot: Slot) -> None:
+        slot.discard()
+        if self.slots.get(slot.endpoint.model_id) is slot:
+            del self.slots[slot.endpoint.model_id]
+
+    def _drop(self, slot: Slot, reason: str, report_code: str | None = None) -> None:
+        if slot.gone:
+            return
+        was_ready = slot.callable
+        self._discard(slot)
+        self.departed[slot.endpoint.model_id] = slot.endpoint
+        while len(self.departed) > _DEPARTED_KEPT:
+            del self.departed[next(iter(self.departed))]  # oldest first
+        if report_code is not None:
+            self._report(slot.endpoint, report_code, reason)
+        if was_ready:
+            self._emit(ModelEvent(EventKind.LEFT, slot.endpoint, reason=reason))
+        else:
+            logger.warning("model %s dropped before it was ready: %s", slot.endpoint, reason)
+        self._changed()
+
+    def _report(self, endpoint: ModelEndpoint, code: str, reason: str) -> None:
+        key = (endpoint.model_id, endpoint.deployment_id)
+        if key in self._reported:
+            return  # one report per deployment: the orchestrator stops the model for good
+        self._reported.add(key)
+        logger.warning("reporting %s as %s: %s", endpoint, code, reason)
+        self._emit(FailureReport(endpoint, code, reason))
+
+    async def _supervise(self, slot: Slot) -> None:
+        """The slot's one supervisor: the first Setup, then each check the policy asks for,
+        one at a time, until the slot is gone."""
+        await self._setup_with_retries(slot)
+        while not slot.gone:
+            await slot.wake.wait()
+            slot.wake = anyio.Event()
+            check, slot.pending = slot.pending, None
+            if check is Check.SETUP:
+                await self._setup_with_retries(slot)  # the host lost its instance
+            elif check is Check.PROBE:
+                await self._probe(slot)
+            if slot.state is SlotState.CHECKING and slot.pending is None:
+                slot.state = SlotState.READY
+
+    async def _setup_with_retries(self, slot: Slot) -> None:
+        endpoint = slot.endpoint
+        for attempt in range(1, self.connect_attempts + 1):
+            if slot.gone:
+                return
+            try:
+                async with self._setups:
+                    if slot.gone:
+                        return
+                    code, message = await slot.connection.setup(self._setup_payload,
+                                                                 self.setup_timeout)
+            except UntrustedHost as exc:
+                self._drop(slot, f"the host failed the identity check: {exc}",
+                           "CONNECTION_FAILED")
+                return
+            except Exception as exc:  # grpclib/asyncio errors, and odd ones (UnicodeError, ...)
+                if slot.gone:
+                    return  # discarded while connecting: its connection was closed
+                if _is_credentials_error(exc):
+                    # The coordinator's configuration (token, certificates), not the model.
+                    logger.error("Setup of %s refused our credentials (%s: %s); check "
+                                 "auth_token and the TLS settings", endpoint,
+                                 type(exc).__name__, exc)
+                    self._drop(slot, f"credentials refused: {exc}")
+                    return
+                if isinstance(exc, GRPCError) and exc.status is GrpcStatus.INTERNAL:
+                    # How older hosts say the constructor raised: the model's fault, final.
+                    self._drop(slot, f"Setup failed: gRPC INTERNAL: {exc.message}",
+                               "BAD_IMPLEMENTATION")
+                    return
+                if attempt == self.connect_attempts:
+                    self._drop(slot, f"could not set up after {attempt} attempts: "
+                                     f"{type(exc).__name__}: {exc}", "CONNECTION_FAILED")
+                    return
+                delay = min(8.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                logger.info("Setup of %s failed (%s: %s); retrying in %.1fs", endpoint,
+                            type(exc).__name__, exc, delay)
+                await anyio.sleep(delay)
+                slot.connection.reconnect()
+                continue
+            if code in (StatusCode.SUCCESS, ""):  # older hosts answer success with no Status
+                if slot.state is SlotState.SETTING_UP:
+                    slot.state = SlotState.READY
+                    self._changed()
+                    previous, slot.previous = slot.previous, None
+                    if previous is not None and previous.deployment_id != endpoint.deployment_id:
+                        event = ModelEvent(EventKind.REDEPLOYED, endpoint, previous=previous)
+                    else:
+                        event = ModelEvent(EventKind.JOINED, endpoint)
+                    self._emit(event)
+                return
+            if code in (StatusCode.BAD_IMPLEMENTATION, StatusCode.SETUP_FAILED):
+                self._drop(slot, f"Setup answered {code}: {message}", "BAD_IMPLEMENTATION")
+            else:  # INVALID_ARGUMENT and the like: the coordinator's mistake, not the model's
+                logger.error("Setup of %s answered %s: %s; check base_classname and the "
+                             "instance arguments", endpoint, code or "no status", message)
+                self._drop(slot, f"Setup answered {code}: {message}")
+            return
+
+    async def _probe(self, slot: Slot) -> None:
+        """After a timeout: is the host still there and still holding the model?"""
+        try:
+            status = await slot.connection.health(SERVICE_NAME, self.probe_timeout)
+        except _CONNECTION_ERRORS as exc:
+            if slot.gone:
+                return
+            logger.info("health probe of %s failed (%s: %s); reconnecting",
+                        slot.endpoint, type(exc).__name__, exc)
+            slot.connection.reconnect()
+            status = None
+        if status != HealthCheckResponse.SERVING:
+            await self._setup_with_retries(slot)  # Setup is a no-op if the model exists
+
+    def targets(self, models: Iterable[str | ModelEndpoint] | None) -> list[
+        tuple[str, Slot | None]
+    ]:
+        if models is None:
+            return [(slot.endpoint.model_id, slot) for slot in self.slots.values()
+                    if slot.callable]
+        targets: list[tuple[str, Slot | None]] = []
+        seen: set[str] = set()
+        for model in models:
+            model_id = model.model_id if isinstance(model, ModelEndpoint) else model
+            if model_id in seen:
+                continue
+            seen.add(model_id)
+            slot = self.slots.get(model_id)
+            if slot is None and model_id not in self._ever_held:
+                raise UnknownModelError(
+                    f"models= names {model_id!r}, which this client has never held; "
+                    "pick ids from client.models")
+            targets.append((model_id, slot))
+        return targets
+
+    def apply_policy(self, slot: Slot, method: str, outcome: Outcome) -> None:
+        if slot.gone:
+            return  # left during the call: nothing to count
+        streaks = slot.streaks
+        kind = outcome.kind
+        verdict: str | None = None
+        if kind is Kind.SUCCESS:
+            streaks.success(method)
+        elif kind in (Kind.MODEL_FAILURE, Kind.NEEDS_SETUP):
+            verdict = streaks.failure(method)
+            if kind is Kind.NEEDS_SETUP and verdict is None:
+                slot.request(Check.SETUP)  # the host restarted and lost the instance
+        elif kind is Kind.REFUSED:
+            pass  # our credentials: not the model's fault
+        elif kind is Kind.UNTRUSTED:
+            verdict = "CONNECTION_FAILED"  # never call a host that is not the cruncher's
+        elif kind in (Kind.TIMEOUT, Kind.UNREACHABLE):
+            verdict = streaks.timeout(unreachable=kind is Kind.UNREACHABLE)
+            if verdict is None:
+                slot.request(Check.PROBE)
+        if verdict is not None:
+            if verdict == "MULTIPLE_FAILED":
+                reason = (f"{streaks.failures[method]} failures of {method} in a row; "
+                          f"last: {outcome.detail}")
+            elif kind is Kind.UNTRUSTED:
+                reason = outcome.detail
+            else:
+                reason = f"{streaks.timeouts} timeouts in a row; last: {outcome.detail}"
+            self._drop(slot, reason, verdict)
