@@ -245,6 +245,19 @@ def _grpc_timeout(seconds: float) -> bytes:
     return b"%dS" % min(99_999_999, math.ceil(seconds))
 
 
+_last_timeout: tuple[float, bytes] = (0.0, b"")
+
+
+def _grpc_timeout_until(deadline: float) -> bytes:
+    """grpc-timeout for a deadline (time.monotonic()); a fan-out's calls share one deadline, so
+    the value is computed once per fan-out (the calls leave within microseconds of each other:
+    the milliseconds it rounds up to cover them)."""
+    global _last_timeout
+    if _last_timeout[0] != deadline:
+        _last_timeout = (deadline, _grpc_timeout(deadline - time.monotonic()))
+    return _last_timeout[1]
+
+
 _last_frame: tuple[bytes, bytes] = (b"", b"\x00\x00\x00\x00\x00")
 
 
@@ -274,6 +287,7 @@ class Ngh2Transport:
                       (b":authority", authority.encode())]
         self._tail = [(b"content-type", b"application/grpc"), (b"te", b"trailers"),
                       (b"user-agent", _USER_AGENT)]
+        self._headers: dict[str, list[tuple[bytes, bytes]]] = {}  # by path
         self._closed = False
 
     async def _connected(self) -> _Connection:
@@ -356,9 +370,12 @@ class Ngh2Transport:
 
     def _open(self, connection: _Connection, path: str, payload: bytes, deadline: float | None,
               check_peer: bool) -> _Call:
-        headers = [*self._head, (b":path", path.encode()), *self._tail]
+        base = self._headers.get(path)
+        if base is None:
+            base = self._headers[path] = [*self._head, (b":path", path.encode()), *self._tail]
+        headers = base.copy()
         if deadline is not None:
-            headers.append((b"grpc-timeout", _grpc_timeout(deadline - time.monotonic())))
+            headers.append((b"grpc-timeout", _grpc_timeout_until(deadline)))
         metadata = self.security.metadata()
         if metadata:
             headers.extend((k.encode(), v.encode()) for k, v in metadata.items())
