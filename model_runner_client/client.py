@@ -16,13 +16,12 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Iterable,
     Mapping,
     Sequence,
 )
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVarTuple, Unpack
 
 import anyio
 
@@ -50,7 +49,10 @@ PerModel = Callable[[ModelEndpoint], tuple[Sequence[Any], Mapping[str, Any] | No
 DEFAULT_MAX_ANSWER = 4 * 1024 * 1024
 
 
-async def _guarded(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+Ts = TypeVarTuple("Ts")
+
+
+async def _guarded(fn: Callable[[Unpack[Ts]], Awaitable[object]], *args: *Ts) -> None:
     """Run background work so that a failure is logged, never propagated: the client's task
     group is entered by the coordinator's own task, which an escaping error would cancel."""
     try:
@@ -289,7 +291,7 @@ class ModelRunnerClient:
             except Exception:
                 logger.exception("the on_failure callback raised for %s", report)
 
-    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+    def _spawn(self, fn: Callable[[Unpack[Ts]], Awaitable[object]], *args: *Ts) -> None:
         if self._group is None or self._closed:
             return
         try:

@@ -21,9 +21,10 @@ import random
 import re
 import resource
 import ssl as _ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol, TypeVarTuple, Unpack
 
 import anyio
 from grpclib.const import Status as GrpcStatus
@@ -39,9 +40,18 @@ from .models import ModelEndpoint
 from .policy import Streaks
 from .transport_security import UntrustedHost
 
-__all__ = ["Check", "Registry", "Slot", "SlotState", "UnknownModelError"]
+__all__ = ["Check", "Registry", "Slot", "SlotState", "Spawn", "UnknownModelError"]
 
 logger = logging.getLogger(__name__)
+Ts = TypeVarTuple("Ts")
+
+
+class Spawn(Protocol):
+    """Runs `fn(*args)` as background work the client owns."""
+
+    def __call__(self, fn: Callable[[Unpack[Ts]], Awaitable[object]], /,
+                 *args: *Ts) -> None: ...
+
 
 #: File descriptors left for everything but model connections before the client warns.
 _FD_HEADROOM = 64
@@ -156,7 +166,7 @@ class Registry:
         max_consecutive_failures: int,
         max_consecutive_timeouts: int,
         connect: Callable[[ModelEndpoint], ModelConnection],
-        spawn: Callable[..., None],
+        spawn: Spawn,
         changed: Callable[[], None],
         emit: Callable[[ModelEvent | FailureReport], None],
     ) -> None:
