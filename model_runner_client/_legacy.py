@@ -262,6 +262,7 @@ class ModelConcurrentRunner:
         self._client: ModelRunnerClient | None = None
         self._closed = False
         self._stopped: anyio.Event | None = None
+        self._starting: anyio.Lock | None = None
 
     def _client_options(self) -> dict[str, Any]:
         """The subclass's part of the ModelRunnerClient's options (base class, instance)."""
@@ -278,6 +279,12 @@ class ModelConcurrentRunner:
     async def _start(self) -> ModelRunnerClient:
         if self._closed:
             raise InvalidCoordinatorUsageError("this runner was disconnected; create a new one")
+        if self._starting is None:  # (no await between the check and the assignment)
+            self._starting = anyio.Lock()
+        async with self._starting:  # init() and sync() may start concurrently: one client
+            return await self._start_once()
+
+    async def _start_once(self) -> ModelRunnerClient:
         if self._client is None:
             client = ModelRunnerClient(
                 self.crunch_id, self.host, self.port, timeout=self.timeout,

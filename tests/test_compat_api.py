@@ -188,6 +188,21 @@ async def test_deprecated_args_keywords_warn_and_work() -> None:
                 await runner.call("predict", arguments=("BTC", 3))
 
 
+async def test_init_and_sync_started_together_share_one_client() -> None:
+    specs = [ModelSpec(SUBMISSIONS / "good_tracker", "good")]
+    async with LocalOrchestrator("legacy-gather", specs, python_path=[EXAMPLES]) as orchestrator:
+        await orchestrator.wait_running(timeout=60)
+        runner = DynamicSubclassModelConcurrentRunner(
+            timeout=TIMEOUT, crunch_id="legacy-gather", host="127.0.0.1",
+            port=orchestrator.port, base_classname=BASE)
+        sync = asyncio.ensure_future(runner.sync())
+        await runner.init()
+        assert list(runner.model_cluster.models_run) == ["good"]
+        assert len(orchestrator._clients) == 1  # one client, one orchestrator link
+        await runner.model_cluster.ws_client.disconnect()
+        await asyncio.wait_for(sync, timeout=10)
+
+
 async def test_init_raises_when_the_orchestrator_never_answers() -> None:
     runner = DynamicSubclassModelConcurrentRunner(timeout=TIMEOUT, crunch_id="nobody",
                                                   host="127.0.0.1", port=9, base_classname=BASE)
