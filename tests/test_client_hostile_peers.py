@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_runner_client import FailureReport, ModelEndpoint, ModelRunnerClient
+from model_runner_client import CallStatus, FailureReport, ModelEndpoint, ModelRunnerClient
 from tests.hosts import BASE, HostProcess, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
@@ -82,3 +83,63 @@ def test_random_bytes_from_a_host(good_host: HostProcess, data: bytes,
         await check(good_host, await _garbage(data))
 
     asyncio.run(scenario())
+
+
+class _TooMuch(asyncio.Protocol):
+    """Speaks gRPC over HTTP/2 (ngh2, server role): Setup succeeds; a Call's answer announces
+    one small message and then keeps sending megabytes after it, before its trailers."""
+
+    def __init__(self) -> None:
+        import ngh2
+        self.ngh2 = ngh2
+        self.h2 = ngh2.Connection(ngh2.Role.SERVER)
+        self.paths: dict[int, bytes] = {}
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.h2.initiate_connection()
+        self.transport.write(self.h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        from model_runner.wire import CallResponse, SetupResponse, Status
+        self.h2.receive_data(data)
+        for event in self.h2.events():
+            if isinstance(event, self.ngh2.RequestReceived):
+                self.paths[event.stream_id] = dict(event.headers)[b":path"]
+            elif isinstance(event, self.ngh2.DataReceived) and event.end_stream:
+                if self.paths[event.stream_id].endswith(b"/Setup"):
+                    body = bytes(SetupResponse(status=Status(code="SUCCESS")))
+                    extra = b""
+                else:
+                    body = bytes(CallResponse(status=Status(code="SUCCESS")))
+                    extra = b"\x00" * (8 << 20)
+                try:
+                    self.h2.send_response(event.stream_id, [
+                        (b":status", b"200"), (b"content-type", b"application/grpc")])
+                    self.h2.send_data(event.stream_id,
+                                      b"\x00" + len(body).to_bytes(4, "big") + body + extra)
+                    self.h2.send_trailers(event.stream_id, [(b"grpc-status", b"0")])
+                except self.ngh2.NGH2Error:
+                    pass  # the client reset the stream first
+        self.transport.write(self.h2.data_to_send())
+
+
+async def test_an_answer_longer_than_its_message_is_refused(transport: str) -> None:
+    """ngh2 refuses an answer that goes on past its announced message (it would otherwise pile
+    up without bound); on either transport the call ends cleanly and the client goes on."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_TooMuch, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        client = ModelRunnerClient.from_addresses(
+            [ModelEndpoint("odd", "127.0.0.1", port, "d")], base_classname=BASE, timeout=5.0)
+        async with client:
+            await client.wait_for_models(1, timeout=20)
+            result = (await client.call("predict", "BTC", 2))["odd"]
+            if transport == "ngh2":
+                assert result.status is CallStatus.FAILURE
+                assert "more than the one message" in result.detail
+            assert (await client.call("predict", "BTC", 2))["odd"].latency_us < 5_000_000
+    finally:
+        server.close()
