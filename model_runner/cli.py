@@ -241,10 +241,9 @@ def _tls_paths(cert: str | None, key: str | None,
         raise UsageError("--tls-cert and --tls-key go together: give both or neither")
     if client_ca and not cert:
         raise UsageError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key too")
-    paths = [Path(p) if p else None for p in (cert, key, client_ca)]
-    for option, path in zip(("--tls-cert", "--tls-key", "--tls-client-ca"), paths, strict=True):
-        if path is not None and not path.is_file():
-            raise UsageError(f"{option} {str(path)!r} is not a readable file")
+    paths = [_readable(option, value) for option, value in
+             zip(("--tls-cert", "--tls-key", "--tls-client-ca"), (cert, key, client_ca),
+                 strict=True)]
     if paths[0] is not None and paths[1] is not None:
         try:
             server_tls_context(paths[0], paths[1], paths[2])

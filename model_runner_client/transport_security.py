@@ -117,8 +117,6 @@ class _DelegationCheck:
                 headers, wallet_pubkey=infos.get("cruncher_wallet_pubkey"),
                 model_id=self._endpoint.model_id, hotkey=infos.get("cruncher_hotkey"),
                 peer_spki=peer_spki)
-        except UntrustedHost:
-            raise
         except AuthError as exc:
             raise UntrustedHost(str(exc)) from None
         self._verified = (key, expires_at)
