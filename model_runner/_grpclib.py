@@ -4,11 +4,12 @@ model_runner_client/transports/grpclib.py."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import grpclib.server
 
-__all__ = ["bound_port", "raw_stream"]
+__all__ = ["listening_sockets", "peer_certificate", "raw_stream"]
 
 
 def raw_stream(stream: grpclib.server.Stream[Any, Any]) -> Any:
@@ -18,9 +19,18 @@ def raw_stream(stream: grpclib.server.Stream[Any, Any]) -> Any:
     return stream._stream
 
 
-def bound_port(server: grpclib.server.Server) -> int | None:
-    """The port a server started on port 0 listens on (grpclib keeps its asyncio server
-    private)."""
+def listening_sockets(server: grpclib.server.Server) -> list[socket.socket]:
+    """The sockets a started server listens on: the port it got on port 0, and the address
+    families it takes (grpclib keeps its asyncio server private)."""
     listener: Any = server._server
-    sockets = listener.sockets if listener is not None else ()
-    return int(sockets[0].getsockname()[1]) if sockets else None
+    return list(listener.sockets) if listener is not None else []
+
+
+def peer_certificate(stream: grpclib.server.Stream[Any, Any]) -> bytes | None:
+    """The DER certificate the client presented over TLS, or None (grpclib's `Peer.cert()`
+    gives only the parsed fields of a verified certificate, not its key)."""
+    ssl_object = stream.peer._transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return bytes(der) if der else None

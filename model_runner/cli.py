@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import containment, eventloop
 from .host import DEFAULT_MAX_MESSAGE_LENGTH, HostConfig, ModelHost, call_guard
-from .security import DelegationHeaders, server_tls_context
+from .security import DelegationClaims, DelegationHeaders, server_tls_context
 from .wire.auth import AuthError
 
 __all__ = ["main", "parse_address"]
@@ -78,16 +78,21 @@ def _boolean(name: str, value: str) -> bool:
 
 
 def _env(*names: str, default: str | None = None) -> str | None:
-    """The first of `names` set in the environment (the deployed name first, then aliases)."""
+    """The first of `names` set in the environment (the deployed name first, then aliases).
+
+    An empty value counts as unset, as in click: the orchestrator sets every variable, with an
+    empty string for what it does not know."""
     for name in names:
         value = os.environ.get(name)
-        if value is not None:
+        if value:
             return value
     return default
 
 
 def _parser() -> argparse.ArgumentParser:
-    env = os.environ.get
+    def env(name: str, default: str | None = None) -> str | None:
+        return _env(name, default=default)
+
     parser = argparse.ArgumentParser(
         prog="model-runner",
         description="Serve a submitted model over gRPC (dynamic_subclass.DynamicSubclassService "
@@ -150,8 +155,45 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds a gateway token's timestamp may be off this host's clock "
                              "(env GATEWAY_MAX_AGE; default %(default)s)")
     parser.add_argument("--model-id", default=env("MODEL_ID"),
-                        help="this host's model id, which gateway tokens must name "
-                             "(env MODEL_ID)")
+                        help="this host's model id, which gateway tokens and, with --secure, "
+                             "the delegation must name (env MODEL_ID)")
+    secure = parser.add_argument_group(
+        "deployed secure mode",
+        "The options of the host the Model Orchestrator deploys (crunchdao/model-runner's "
+        "secure branch). With --secure the host serves mutual TLS only, with tls.crt, tls.key, "
+        "ca.crt (the CA of coordinator certificates) and cruncher_msg.json (the cruncher "
+        "wallet's delegation of this host's TLS key) from the certificates directory; it checks "
+        "the delegation at start and refuses to start when it fails; and it answers model "
+        "calls only from a client certificate whose public key hash is one of the coordinator "
+        "cert hashes. Health stays open.")
+    secure.add_argument("--secure", default=env("SECURE", "false"),
+                        help="serve the deployed secure mode: true/false, 1/0, yes/no, on/off, "
+                             "any case (env SECURE; default %(default)s)")
+    secure.add_argument("--certificates-directory",
+                        default=env("CERTIFICATES_DIRECTORY", "/workspace/certificates"),
+                        help="where --secure reads tls.crt, tls.key, ca.crt and "
+                             "cruncher_msg.json (env CERTIFICATES_DIRECTORY; default "
+                             "%(default)s)")
+    secure.add_argument("--cruncher-wallet-pubkey", default=env("CRUNCHER_WALLET_PUBKEY"),
+                        help="the cruncher's wallet (base58), which must have signed the "
+                             "delegation (env CRUNCHER_WALLET_PUBKEY)")
+    secure.add_argument("--cruncher-hotkey", default=env("CRUNCHER_HOTKEY"),
+                        help="the cruncher's hotkey, which the delegation must name; unset: "
+                             "the delegation's hotkey must be null (env CRUNCHER_HOTKEY)")
+    secure.add_argument("--coordinator-cert-hash", default=env("COORDINATOR_CERT_HASH"),
+                        help="SHA-256 (hex) of the coordinator's client-certificate public key "
+                             "(DER SubjectPublicKeyInfo) whose model calls are answered "
+                             "(env COORDINATOR_CERT_HASH)")
+    secure.add_argument("--coordinator-cert-hash-secondary",
+                        default=env("COORDINATOR_CERT_HASH_SECONDARY"),
+                        help="a second accepted hash, for a coordinator rotating its "
+                             "certificate (env COORDINATOR_CERT_HASH_SECONDARY)")
+    secure.add_argument("--crunch-onchain-address", default=env("CRUNCH_ONCHAIN_ADDRESS"),
+                        help="the Crunch's on-chain address; accepted, changes nothing, as in "
+                             "the deployed host (env CRUNCH_ONCHAIN_ADDRESS)")
+    secure.add_argument("--coordinator-wallet-pubkey", default=env("COORDINATOR_WALLET_PUBKEY"),
+                        help="the coordinator's wallet; accepted, changes nothing, as in the "
+                             "deployed host (env COORDINATOR_WALLET_PUBKEY)")
     parser.add_argument("--grace-period", default=env("GRACE_PERIOD", "10"),
                         help="seconds in-flight calls get to finish after SIGTERM/SIGINT "
                              "(env GRACE_PERIOD; default %(default)s)")
@@ -180,7 +222,16 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
             from None
     if grace < 0:
         raise UsageError(f"--grace-period must be 0 or more seconds, got {grace}")
-    tls = _tls_paths(options.tls_cert, options.tls_key, options.tls_client_ca)
+    secure = _boolean("--secure", options.secure)
+    claims = None
+    tls: tuple[Path | None, Path | None, Path | None]
+    delegation: Path | None
+    if secure:
+        tls, delegation, claims = _secure_mode(options)
+    else:
+        tls = _tls_paths(options.tls_cert, options.tls_key, options.tls_client_ca)
+        delegation = _readable("--auth-delegation", options.auth_delegation)
+    cert_hashes = _cert_hashes(options)
     try:
         gateway_max_age = float(options.gateway_max_age)
     except ValueError:
@@ -188,7 +239,6 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
                          "seconds") from None
     if gateway_max_age <= 0:
         raise UsageError(f"--gateway-max-age must be positive seconds, got {gateway_max_age}")
-    delegation = _readable("--auth-delegation", options.auth_delegation)
     if delegation is not None and tls[0] is None:
         raise UsageError("--auth-delegation vouches for the host's TLS key: give --tls-cert and "
                          "--tls-key (and --tls-client-ca for mutual TLS) too")
@@ -214,16 +264,74 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
         gateway_keys=gateway_keys,
         gateway_max_age=gateway_max_age,
         model_id=options.model_id or None,
+        secure=secure,
+        delegation_claims=claims,
+        coordinator_cert_hashes=cert_hashes,
         has_gpu=_boolean("--has-gpu", options.has_gpu),
         main_file=options.main_file,
     )
     try:  # the security files, read once here so that a bad one is a one-line error
         call_guard(config)
         if delegation is not None and tls[0] is not None:
-            DelegationHeaders(delegation, tls[0])
+            DelegationHeaders(delegation, tls[0], claims)
     except AuthError as exc:
         raise UsageError(str(exc)) from None
     return config, level
+
+
+#: What --secure reads from the certificates directory.
+SECURE_FILES = ("tls.crt", "tls.key", "ca.crt", "cruncher_msg.json")
+
+
+def _secure_mode(options: argparse.Namespace) -> tuple[
+        tuple[Path, Path, Path], Path, DelegationClaims]:
+    """The deployed secure mode's files and claims; it never fails open: whatever is missing
+    is a UsageError saying what to set."""
+    ours = [name for name, value in (("--tls-cert", options.tls_cert),
+                                     ("--tls-key", options.tls_key),
+                                     ("--tls-client-ca", options.tls_client_ca),
+                                     ("--auth-delegation", options.auth_delegation)) if value]
+    if ours:
+        raise UsageError(f"--secure takes its TLS files and delegation from "
+                         f"--certificates-directory; drop {', '.join(ours)} (or drop --secure "
+                         "and keep them)")
+    folder = Path(options.certificates_directory)
+    if not folder.is_dir():
+        raise UsageError(f"--secure: the certificates directory {str(folder)!r} does not exist; "
+                         "set CERTIFICATES_DIRECTORY (or --certificates-directory) to the folder "
+                         f"holding {', '.join(SECURE_FILES)}")
+    missing = [name for name in SECURE_FILES if not (folder / name).is_file()]
+    if missing:
+        raise UsageError(f"--secure: {str(folder)!r} has no {', '.join(missing)}; the "
+                         f"certificates directory must hold {', '.join(SECURE_FILES)}")
+    unset = [what for what, value in (
+        ("CRUNCHER_WALLET_PUBKEY (--cruncher-wallet-pubkey)", options.cruncher_wallet_pubkey),
+        ("MODEL_ID (--model-id)", options.model_id),
+        ("COORDINATOR_CERT_HASH or COORDINATOR_CERT_HASH_SECONDARY (--coordinator-cert-hash)",
+         options.coordinator_cert_hash or options.coordinator_cert_hash_secondary)) if not value]
+    if unset:
+        raise UsageError(f"--secure needs {'; '.join(unset)}: set them, or SECURE=false to "
+                         "serve without security")
+    tls = _tls_paths(str(folder / "tls.crt"), str(folder / "tls.key"), str(folder / "ca.crt"))
+    assert tls[0] is not None and tls[1] is not None and tls[2] is not None
+    claims = DelegationClaims(options.cruncher_wallet_pubkey, options.model_id,
+                              options.cruncher_hotkey or None)
+    return (tls[0], tls[1], tls[2]), folder / "cruncher_msg.json", claims
+
+
+def _cert_hashes(options: argparse.Namespace) -> tuple[str, ...]:
+    hashes = []
+    for option, value in (("--coordinator-cert-hash", options.coordinator_cert_hash),
+                          ("--coordinator-cert-hash-secondary",
+                           options.coordinator_cert_hash_secondary)):
+        if not value:
+            continue
+        text = value.strip().lower()
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise UsageError(f"{option} {value!r} is not a SHA-256 hash in hex (64 characters): "
+                             "give the hash of the coordinator certificate's DER public key")
+        hashes.append(text)
+    return tuple(hashes)
 
 
 def _readable(option: str, value: str | None) -> Path | None:
@@ -257,8 +365,9 @@ async def _serve(config: HostConfig) -> None:
 
     def announce() -> None:
         # Announced whatever the log level: launchers read the bound port from this line.
-        logger.log(max(logging.INFO, logger.getEffectiveLevel()), "model host serving %s on %s",
-                   config.code_directory, host.address)
+        logger.log(max(logging.INFO, logger.getEffectiveLevel()),
+                   "model host serving %s in %s mode over %s on %s", config.code_directory,
+                   "secure" if config.secure else "insecure", host.families, host.address)
         logger.info("has_gpu=%s main_file=%s resource_directory=%s (options of existing "
                     "deployments; they change nothing here)", config.has_gpu, config.main_file,
                     config.resource_directory)

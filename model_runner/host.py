@@ -14,8 +14,9 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server
 
-from ._grpclib import bound_port
-from .security import CallGuard, DelegationHeaders, server_tls_context
+from ._grpclib import listening_sockets
+from .listen import WILDCARD_V6, dual_stack_socket, families
+from .security import CallGuard, DelegationClaims, DelegationHeaders, server_tls_context
 from .service import DynamicSubclassService
 from .wire import DEFAULT_MAX_MESSAGE_LENGTH
 from .wire.auth import GatewayVerifier
@@ -52,8 +53,15 @@ class HostConfig:
     gateway_keys: Path | None = None
     #: Seconds a gateway token's timestamp may differ from this host's clock.
     gateway_max_age: float = 60.0
-    #: This host's model id, which gateway tokens must name.
+    #: This host's model id, which gateway tokens and a secure host's delegation must name.
     model_id: str | None = None
+    #: The deployed secure mode (SECURE): mutual TLS, the delegation checked against these
+    #: claims at start, and the coordinator's client certificate checked on every model call.
+    secure: bool = False
+    delegation_claims: DelegationClaims | None = None
+    #: SHA-256 (hex) of the coordinators' client-certificate public keys accepted on model
+    #: calls (COORDINATOR_CERT_HASH, COORDINATOR_CERT_HASH_SECONDARY); needs mutual TLS.
+    coordinator_cert_hashes: tuple[str, ...] = ()
     #: Passed by existing deployments; logged, they change nothing (as in crunch-model-runner).
     has_gpu: bool = False
     main_file: str = "main.py"
@@ -65,9 +73,12 @@ def call_guard(config: HostConfig) -> CallGuard | None:
     if config.gateway_keys is not None:
         gateway = GatewayVerifier.load(config.gateway_keys, model_id=config.model_id,
                                        max_age=config.gateway_max_age)
-    if config.auth_token is None and gateway is None:
+    # Client certificates exist only under mutual TLS; without it the hashes are not checked,
+    # as the deployed host checks them only in secure mode (the orchestrator sets them always).
+    cert_hashes = config.coordinator_cert_hashes if config.tls_client_ca is not None else ()
+    if config.auth_token is None and gateway is None and not cert_hashes:
         return None
-    return CallGuard(config.auth_token, gateway)
+    return CallGuard(config.auth_token, gateway, cert_hashes)
 
 
 class ModelHost:
@@ -96,8 +107,14 @@ class ModelHost:
                 raise ValueError("a delegation vouches for the host's TLS key: serve TLS "
                                  "(tls_cert, tls_key) with it")
             listen(self._server, SendInitialMetadata,
-                   DelegationHeaders(config.auth_delegation, config.tls_cert))
+                   DelegationHeaders(config.auth_delegation, config.tls_cert,
+                                     config.delegation_claims))
+        if config.coordinator_cert_hashes and config.tls_client_ca is None:
+            logger.info("coordinator cert hashes are set but this host serves no mutual TLS "
+                        "(SECURE is off): they are not checked")
         self.port: int | None = None
+        #: Which address families the host takes once started, e.g. "IPv4 and IPv6".
+        self.families = ""
 
     async def start(self) -> None:
         """Bind and start serving; raises OSError when the address cannot be bound."""
@@ -105,12 +122,19 @@ class ModelHost:
         tls = None
         if config.tls_cert is not None and config.tls_key is not None:
             tls = server_tls_context(config.tls_cert, config.tls_key, config.tls_client_ca)
+        # A large backlog: a coordinator connects to every model at once after a restart.
+        backlog = 1024
         if config.path is not None:
             await self._server.start(path=config.path, ssl=tls)
+        elif config.host == WILDCARD_V6 and (sock := dual_stack_socket(config.port,
+                                                                         backlog)) is not None:
+            await self._server.start(sock=sock, ssl=tls, backlog=backlog)
         else:
-            # A large backlog: a coordinator connects to every model at once after a restart.
-            await self._server.start(config.host, config.port, ssl=tls, backlog=1024)
-            self.port = bound_port(self._server) or config.port
+            await self._server.start(config.host, config.port, ssl=tls, backlog=backlog)
+        sockets = listening_sockets(self._server)
+        if config.path is None:
+            self.port = int(sockets[0].getsockname()[1]) if sockets else config.port
+        self.families = families(sockets)
         self._overall.set(True)
 
     @property

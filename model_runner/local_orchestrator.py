@@ -5,7 +5,9 @@ containers through the real orchestrator, which the client's link speaks to the 
     python -m model_runner.local_orchestrator --crunch-id demo --port 9091 DIR [DIR ...]
     python -m model_runner.local_orchestrator --config models.toml
 
-Each model host starts on a free port; it is announced RUNNING once its health is SERVING. A
+Each model host starts as production starts it, on `[::]` (IPv4 and IPv6) with the
+orchestrator's environment, on a free port; it is announced RUNNING with its IPv4 address once
+its health is SERVING. A
 host that dies is announced RECOVERING and restarted (at most `max_restarts` times, then
 STOPPED). A model reported with `report_failure` is stopped for good. `redeploy(model_id)`
 starts a new deployment and retires the old one, the way the real orchestrator does.
@@ -87,16 +89,29 @@ class _Model:
     def deployment_id(self) -> str:
         return f"{self.spec.id}-d{self.deployment}"
 
-    def entry(self, state: str | None = None) -> dict[str, Any]:
+    def infos(self) -> dict[str, Any]:
         spec = self.spec
+        return {"model_name": spec.name or spec.id, "cruncher_id": f"cruncher-{spec.id}",
+                "cruncher_name": spec.cruncher or f"cruncher-{spec.id}",
+                "cruncher_wallet_pubkey": "", "cruncher_hotkey": None, **dict(spec.infos)}
+
+    def entry(self, state: str | None = None) -> dict[str, Any]:
         return {
-            "model_id": spec.id, "deployment_id": self.deployment_id,
+            "model_id": self.spec.id, "deployment_id": self.deployment_id,
             "state": state or self.state, "ip": "127.0.0.1",
             "port": self.host.port if self.host is not None else 0,
-            "infos": {"model_name": spec.name or spec.id, "cruncher_id": f"cruncher-{spec.id}",
-                      "cruncher_name": spec.cruncher or f"cruncher-{spec.id}",
-                      "cruncher_wallet_pubkey": "", "cruncher_hotkey": None, **dict(spec.infos)},
+            "infos": self.infos(),
         }
+
+    def environment(self) -> dict[str, str]:
+        """What the Model Orchestrator sets on every host it starts (empty: unknown), and the
+        spec's own variables on top."""
+        infos = self.infos()
+        return {"SECURE": "False", "MODEL_ID": self.spec.id, "CRUNCH_ONCHAIN_ADDRESS": "",
+                "CRUNCHER_WALLET_PUBKEY": infos.get("cruncher_wallet_pubkey") or "",
+                "CRUNCHER_HOTKEY": infos.get("cruncher_hotkey") or "",
+                "COORDINATOR_WALLET_PUBKEY": "", "COORDINATOR_CERT_HASH": "",
+                "COORDINATOR_CERT_HASH_SECONDARY": "", **dict(self.spec.env)}
 
 
 class LocalOrchestrator:
@@ -244,7 +259,7 @@ class LocalOrchestrator:
     def _new_host(self, model: _Model) -> ModelHostProcess:
         host = ModelHostProcess(model.spec.code_directory,
                                 [*self.host_args, *model.spec.host_args],
-                                python_path=self.python_path, env=dict(model.spec.env))
+                                python_path=self.python_path, env=model.environment())
         # Every host spawned is kept until it exits, and all are stopped on exit: whatever
         # interleaving of crashes, restarts and redeploys, none outlives the orchestrator.
         # (poll() also reaps the ones that exited; kill() ends what they forked.)

@@ -1,4 +1,4 @@
-"""`ModelHostProcess`: run `python -m model_runner` as a subprocess on 127.0.0.1.
+"""`ModelHostProcess`: run `python -m model_runner` as a subprocess.
 
 The host listens on port 0 and announces the port it got in its output, so many hosts can start
 at once without racing for free ports. Used by tests, benchmarks and the local orchestrator.
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import anyio
 
-__all__ = ["LOG_HEAD", "LOG_TAIL", "ModelHostProcess", "host_environment"]
+__all__ = ["DEFAULT_LISTEN_HOST", "LOG_HEAD", "LOG_TAIL", "ModelHostProcess",
+           "host_environment"]
 
 #: Bytes of a host's output kept from its beginning and from its end.
 LOG_HEAD = 64 * 1024
@@ -75,7 +76,19 @@ class _BoundedLog:
             return bytes(self._head + middle + self._tail).decode(errors="replace")
 
 
+#: Hosts listen on the address form production uses (`[::]`, IPv4 and IPv6), and are reached
+#: over IPv4, as the Model Orchestrator reaches its containers.
+DEFAULT_LISTEN_HOST = "::"
+_WILDCARDS = {"::": "127.0.0.1", "0.0.0.0": "127.0.0.1", "": "127.0.0.1"}
+
+
 class ModelHostProcess:
+    """`python -m model_runner` in a subprocess.
+
+    `host` and `port` form its `--address` (`host=None`: no flag; GRPC_ADDRESS in `env`, or
+    the host's default, decides). Clients reach a wildcard host over 127.0.0.1.
+    """
+
     def __init__(
         self,
         code_directory: Path,
@@ -83,7 +96,7 @@ class ModelHostProcess:
         *,
         env: Mapping[str, str] | None = None,
         python_path: Sequence[Path] = (),
-        host: str = "127.0.0.1",
+        host: str | None = DEFAULT_LISTEN_HOST,
         port: int = 0,
     ) -> None:
         self.code_directory = Path(code_directory)
@@ -94,13 +107,18 @@ class ModelHostProcess:
         self._log = _BoundedLog()
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        #: Where clients reach the host, known once it listens (see `address`).
+        self.connect_host = "127.0.0.1"
 
     def spawn(self) -> None:
         """Start the process without waiting for it to listen (see `poll_ready`)."""
+        address = []
+        if self.host is not None:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            address = ["--address", f"{host}:{self.requested_port}"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "model_runner", "--code-directory",
-             str(self.code_directory), "--address", f"{self.host}:{self.requested_port}",
-             *self.args],
+             str(self.code_directory), *address, *self.args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=self.env, start_new_session=True)
         threading.Thread(target=self._read_output, args=(self.proc,), daemon=True,
@@ -121,6 +139,8 @@ class ModelHostProcess:
         match = _SERVING.search(self.log)
         if match:
             self.port = int(match["port"])
+            listened = match["host"].strip("[]")
+            self.connect_host = _WILDCARDS.get(listened, listened)
             return True
         if self.proc.poll() is not None:
             raise RuntimeError(f"model host exited with {self.proc.returncode}:\n{self.log}")
@@ -144,7 +164,9 @@ class ModelHostProcess:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """`HOST:PORT` where a client reaches the host (127.0.0.1 for a wildcard host)."""
+        host = self.connect_host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     @property
     def pid(self) -> int:

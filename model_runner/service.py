@@ -24,7 +24,7 @@ from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 
-from ._grpclib import raw_stream
+from ._grpclib import peer_certificate, raw_stream
 from .containment import describe
 from .discovery import DiscoveryError, discover_class, unload_submission
 from .serial import DeadlinePassed, SerialRunner
@@ -78,10 +78,12 @@ class DynamicSubclassService:
         model_status: ServiceStatus,
         max_receive_message_length: int,
         max_send_message_length: int,
-        authorize: Callable[[Mapping[str, str]], str | None] | None = None,
+        authorize: Callable[[Mapping[str, str], Callable[[], bytes | None]], str | None]
+        | None = None,
     ) -> None:
         self._code_directory = code_directory
-        #: Returns why a call's metadata is refused (UNAUTHENTICATED), or None to accept it.
+        #: Given a call's metadata and a getter of the client's TLS certificate (DER), returns
+        #: why the call is refused (UNAUTHENTICATED), or None to accept it.
         self._authorize = authorize
         self._model_status = model_status
         self._max_receive = max_receive_message_length
@@ -125,7 +127,8 @@ class DynamicSubclassService:
     ) -> None:
         if self._authorize is not None:
             # Values of non "-bin" keys are str in grpclib's metadata MultiDict.
-            refusal = self._authorize(cast(Mapping[str, str], stream.metadata or {}))
+            refusal = self._authorize(cast(Mapping[str, str], stream.metadata or {}),
+                                      lambda: peer_certificate(stream))
             if refusal is not None:
                 raise GRPCError(GrpcStatus.UNAUTHENTICATED, refusal)
         if self.draining:

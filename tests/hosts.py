@@ -1,14 +1,18 @@
-"""Real model host subprocesses for tests: `python -m model_runner` on 127.0.0.1, port 0."""
+"""Real model host subprocesses for tests: `python -m model_runner` on `[::]` (IPv4 and IPv6,
+the deployed default form), port 0, reached over 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import ssl
 import time
 from pathlib import Path
 from typing import Any
 
 from grpclib.client import Channel
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
 from model_runner.process import ModelHostProcess, host_environment
 from model_runner.wire import (
@@ -37,15 +41,23 @@ class HostProcess(ModelHostProcess):
     """A model host for tests, with the examples' Crunch package on its path."""
 
     def __init__(self, code_directory: Path, *args: str, env: dict[str, str] | None = None,
-                 port: int = 0):
-        super().__init__(code_directory, args, env=env, python_path=[EXAMPLES], port=port)
+                 host: str | None = "::", port: int = 0):
+        super().__init__(code_directory, args, env=env, python_path=[EXAMPLES], host=host,
+                         port=port)
 
     def start(self, timeout: float = 30.0) -> HostProcess:
         super().start(timeout)
         return self
 
     def channel(self) -> Channel:
-        return Channel("127.0.0.1", self.port)
+        return Channel(self.connect_host, self.port)
+
+
+async def health(host: str, port: int, context: ssl.SSLContext | None = None) -> int:
+    """The overall health status a host answers (grpc.health.v1 Check, service "")."""
+    async with Channel(host, port, ssl=context) as channel:
+        reply = await HealthStub(channel).Check(HealthCheckRequest(), timeout=10)
+        return int(reply.status)
 
 
 def variant_args(*args: Any, **kwargs: Any) -> tuple[list[Argument], list[KwArgument]]:

@@ -52,7 +52,7 @@ async def test_host_reads_its_bound_port_and_raw_stream() -> None:
     from grpclib.health.check import ServiceStatus
 
     from model_runner import HostConfig, ModelHost
-    from model_runner._grpclib import bound_port
+    from model_runner._grpclib import listening_sockets
     from model_runner.wire import CallRequest, DynamicSubclassServiceStub
     from tests.hosts import TEST_SUBMISSIONS
 
@@ -60,8 +60,9 @@ async def test_host_reads_its_bound_port_and_raw_stream() -> None:
                                 max_receive_message_length=100))
     await host.start()
     try:
-        port = bound_port(host._server)
-        assert port is not None and port > 0 and host.port == port
+        sockets = listening_sockets(host._server)
+        port = sockets[0].getsockname()[1]
+        assert port > 0 and host.port == port and host.families == "IPv4"
         async with Channel("127.0.0.1", port) as channel:
             with pytest.raises(GRPCError) as refused:
                 await DynamicSubclassServiceStub(channel).call(

@@ -99,8 +99,10 @@ def _b64(text: str, what: str) -> bytes:
 class Delegation:
     """What a host serves in its response headers to prove it belongs to a cruncher.
 
-    On disk (the host's `--auth-delegation` file) it is a JSON object with the three header
-    values: {"message": base64, "signature": base64, "wallet_pubkey": base58}.
+    On disk (the host's `--auth-delegation` file, or `cruncher_msg.json` in the deployed secure
+    host's certificates directory) it is a JSON object with the three header values:
+    {"message_b64": base64, "signature_b64": base64, "wallet_pubkey_b58": base58}, or the same
+    keys without their suffixes.
     """
 
     message: str
@@ -127,18 +129,25 @@ class Delegation:
             raw = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise AuthError(f"cannot read the delegation file {str(path)!r}: {exc}") from None
-        fields = ("message", "signature", "wallet_pubkey")
-        if not isinstance(raw, dict) or not all(isinstance(raw.get(f), str) for f in fields):
+        # Two spellings: ours, and the deployed secure host's cruncher_msg.json.
+        for fields in (("message", "signature", "wallet_pubkey"),
+                       ("message_b64", "signature_b64", "wallet_pubkey_b58")):
+            if isinstance(raw, dict) and all(isinstance(raw.get(f), str) for f in fields):
+                break
+        else:
             raise AuthError(f"the delegation file {str(path)!r} must be a JSON object with the "
-                            "strings message (base64), signature (base64), wallet_pubkey "
-                            "(base58)")
-        delegation = cls(raw["message"], raw["signature"], raw["wallet_pubkey"])
+                            "strings message_b64 (base64), signature_b64 (base64) and "
+                            "wallet_pubkey_b58 (base58), as the orchestrator's "
+                            "cruncher_msg.json, or message, signature and wallet_pubkey")
+        delegation = cls(*(raw[f] for f in fields))
         delegation.payload()  # decodes and checks the signature
         return delegation
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"message": self.message, "signature": self.signature,
-                                    "wallet_pubkey": self.wallet_pubkey}))
+        """Write the file the deployed secure host reads (`cruncher_msg.json`)."""
+        path.write_text(json.dumps({"message_b64": self.message,
+                                    "signature_b64": self.signature,
+                                    "wallet_pubkey_b58": self.wallet_pubkey}))
 
     def headers(self) -> dict[str, str]:
         return {SERVER_AUTH_MESSAGE: self.message, SERVER_AUTH_SIGNATURE: self.signature,
