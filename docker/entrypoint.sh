@@ -1,7 +1,8 @@
 #!/bin/sh
 # Model host entrypoint: install the submission's requirements, then serve it.
-# Configured by the environment variables existing orchestrators set (see README):
-# CODE_DIRECTORY, GRPC_ADDRESS, LOG_LEVEL, RESOURCE_DIRECTORY, MAX_*_MESSAGE_LENGTH.
+# Configured by the environment variables the Model Orchestrator sets (see README): SECURE,
+# CERTIFICATES_DIRECTORY, MODEL_ID, CRUNCHER_*, COORDINATOR_*, and CODE_DIRECTORY, GRPC_ADDRESS,
+# LOG_LEVEL, RESOURCE_DIRECTORY, GRPC_MAX_*_MESSAGE_LENGTH; the arguments go to the host.
 # SKIP_REQUIREMENTS=1 skips the install (images that bake requirements in).
 set -eu
 

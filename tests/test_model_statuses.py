@@ -50,10 +50,11 @@ SUBMISSIONS = {
     "a module named queue": (
         {"queue.py": TRACKER + "class T(TrackerBase):\n    pass\n"},
         StatusCode.BAD_IMPLEMENTATION, "the name 'queue' already stands for a module"),
-    "a package named csv": (
-        {"csv/__init__.py": "", "csv/model.py": TRACKER + "class T(TrackerBase):\n    pass\n"},
+    # A package the host has surely loaded on every Python (csv is no longer loaded on 3.13).
+    "a package named email": (
+        {"email/__init__.py": "", "email/model.py": TRACKER + "class T(TrackerBase):\n    pass\n"},
         StatusCode.BAD_IMPLEMENTATION, "rename it (and the imports of it) to a name of your "
-                                       "own, e.g. my_csv"),
+                                       "own, e.g. my_email"),
 }
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from model_runner.wire.tls import client_tls_context
+
 __all__ = ["GatewayCredentials"]
 
 
@@ -39,7 +41,4 @@ class GatewayCredentials:
     @staticmethod
     def ssl_context() -> ssl.SSLContext:
         """TLS to the gateway, verified with the system's CAs (SSL_CERT_FILE is honoured)."""
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.set_alpn_protocols(["h2"])
-        return context
+        return client_tls_context()
