@@ -26,15 +26,22 @@ def free_port() -> int:
 def start_script(script: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
     """Run benchmarks/<script> PORT ARGS... and wait until it listens on PORT."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(BENCH / script), str(port), *args],
-                            stdout=subprocess.DEVNULL, env=host_environment([EXAMPLES, ROOT]))
+    return start_listening([sys.executable, str(BENCH / script), str(port), *args], port,
+                           env=host_environment([EXAMPLES, ROOT])), port
+
+
+def start_listening(argv: list[str], port: int, *, env: dict[str, str],
+                    cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Run `argv` and wait until something listens on 127.0.0.1:`port`."""
+    script = Path(argv[1]).name if len(argv) > 1 else argv[0]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env, cwd=cwd)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{script} exited with {proc.returncode}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, port
+                return proc
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"{script} did not listen on {port}")

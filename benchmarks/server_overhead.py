@@ -1,22 +1,36 @@
 """Latency and throughput of a no-op model method through our model host, against a bare
-grpclib server answering the same RPC with a constant, in the same run.
+grpclib server answering the same RPC with a constant and, with --old-host-python, the host
+production runs today (crunch-model-runner 0.4.2, grpcio) serving the same submission, in the
+same run.
 
-    python benchmarks/server_overhead.py [--calls 3000] [--concurrency 8] [--rounds 3]
+    python -m benchmarks.server_overhead [--calls 3000] [--concurrency 8] [--rounds 3]
+        [--old-host-python <venv with crunch-model-runner==0.4.2>/bin/python]
 
-Target (issue 2): our median latency within 1.25x of the bare server's.
+Targets: our median latency within 1.25x of the bare server's (issue 2); the host's HTTP/2
+defences (issue 14) cost nothing measurable against crunch-model-runner.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from typing import Any
 
 from grpclib.client import Channel
 
-from benchmarks._common import BENCH, EXAMPLES, median, percentile, start_script, table
-from model_runner.process import ModelHostProcess
+from benchmarks._common import (
+    BENCH,
+    EXAMPLES,
+    free_port,
+    median,
+    percentile,
+    start_listening,
+    start_script,
+    table,
+)
+from model_runner.process import ModelHostProcess, host_environment
 from model_runner.wire import (
     Argument,
     CallRequest,
@@ -62,16 +76,28 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--old-host-python", default=os.environ.get("OLD_HOST_PYTHON"),
+                        help="the Python of a venv with crunch-model-runner==0.4.2 installed, "
+                             "to measure it in the same run (env OLD_HOST_PYTHON)")
     options = parser.parse_args()
 
     bare_proc, bare_port = start_script("bare_server.py")
-    ours = ModelHostProcess(BENCH / "submissions" / "noop", ["--log-level", "WARNING"],
-                            python_path=[EXAMPLES])
+    noop = BENCH / "submissions" / "noop"
+    ours = ModelHostProcess(noop, ["--log-level", "WARNING"], python_path=[EXAMPLES])
     ours.start()
+    old = None
     try:
         targets = [("bare grpclib (constant)", bare_port, "predict"),
                    ("model host, def method", ours.port, "predict"),
                    ("model host, async def method", ours.port, "apredict")]
+        if options.old_host_python:
+            old_port = free_port()
+            # Run from the submission folder: our checkout's model_runner must not shadow its.
+            old = start_listening([options.old_host_python, "-m", "model_runner.server",
+                                   "--code-directory", str(noop), "--address",
+                                   f"127.0.0.1:{old_port}", "--log-level", "warning"],
+                                  old_port, env=host_environment([EXAMPLES]), cwd=noop)
+            targets.append(("crunch-model-runner 0.4.2, def", old_port, "predict"))
         results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in targets}
         for _ in range(options.rounds):  # interleaved, so machine noise hits all alike
             for name, port, method in targets:
@@ -80,17 +106,25 @@ def main() -> None:
     finally:
         bare_proc.kill()
         ours.stop()
+        if old is not None:
+            old.kill()
 
     def best(name: str, key: str) -> float:
         values = [r[key] for r in results[name]]
         return max(values) if key == "throughput" else min(values)
 
     base = best("bare grpclib (constant)", "median")
+    old_name = "crunch-model-runner 0.4.2, def"
+    headers = ["server", "median µs", "p99 µs", "calls/s", "median vs bare"]
+    if old_name in results:
+        headers.append("median vs 0.4.2")
     rows = [[name, best(name, "median"), best(name, "p99"), best(name, "throughput"),
-             best(name, "median") / base] for name, _, _ in targets]
+             best(name, "median") / base,
+             *([best(name, "median") / best(old_name, "median")] if old_name in results
+               else [])] for name, _, _ in targets]
     print(f"{options.calls} sequential calls per round for latency, {options.concurrency} "
           f"concurrent callers for throughput; best of {options.rounds} interleaved rounds")
-    print(table(["server", "median µs", "p99 µs", "calls/s", "median vs bare"], rows))
+    print(table(headers, rows))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,25 @@ model_runner_client/transports/grpclib.py."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpclib.server
+from grpclib.protocol import EventsProcessor, H2Protocol
+from grpclib.server import Handler, Server
+from h2.errors import ErrorCodes
+from h2.events import PingReceived, RemoteSettingsChanged, StreamReset
+from h2.exceptions import ProtocolError
 
-__all__ = ["listening_sockets", "peer_certificate", "raw_stream"]
+__all__ = ["ConnectionLimits", "GuardedServer", "listening_sockets", "peer_certificate",
+           "raw_stream"]
+
+logger = logging.getLogger(__name__)
 
 
 def raw_stream(stream: grpclib.server.Stream[Any, Any]) -> Any:
@@ -34,3 +47,329 @@ def peer_certificate(stream: grpclib.server.Stream[Any, Any]) -> bytes | None:
         return None
     der = ssl_object.getpeercert(binary_form=True)
     return bytes(der) if der else None
+
+
+# --- the host's HTTP/2 defences ------------------------------------------------------------------
+#
+# grpclib's server trusts its peer: it starts a task per stream and, when the peer resets a
+# stream before that task's first step, never releases it (rapid reset, CVE-2023-44487: 40,000
+# HEADERS+RST_STREAM on one connection cost 6-7 s of CPU and +400 MB that stayed); h2 acks every
+# PING and SETTINGS whatever the peer reads back; nothing bounds connections, silent peers or
+# calls without a deadline. The defaults below are nghttp2's (lib/nghttp2_session.c) where it
+# has one; benchmarks/host_floods.py measures each attack with and without them.
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How much one peer may cost the host. Exceeding a flood limit closes that connection with
+    GOAWAY ENHANCE_YOUR_CALM; the other connections, and health, are not affected."""
+
+    #: Open connections at once; past it the longest-idle connection without a call in flight
+    #: is closed for the new one (a coordinator holds one or two per model host, the
+    #: orchestrator's probe one).
+    max_connections: int = 64
+    #: Seconds a new connection has for its TLS handshake, and then for the HTTP/2 preface.
+    handshake_timeout: float = 10.0
+    #: Seconds a connection may stay without a call in flight before it is closed (GOAWAY).
+    idle_timeout: float = 900.0
+    #: The deadline of a call that sends none (grpc-timeout), in seconds.
+    max_call_seconds: float = 900.0
+    #: Streams open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS; h2 refuses more).
+    max_concurrent_streams: int = 100
+    #: Streams the peer may reset: a bucket of this many, refilled at `reset_rate` per second
+    #: (nghttp2's stream_reset_burst and stream_reset_rate).
+    reset_burst: int = 1000
+    reset_rate: float = 33.0
+    #: PING and SETTINGS frames the peer may send: a bucket of this many, refilled at
+    #: `control_rate` per second (an honest peer sends one SETTINGS and a keepalive PING now
+    #: and then; h2 answers each with an ack, whatever the peer reads).
+    control_burst: int = 1000
+    control_rate: float = 100.0
+    #: PING and SETTINGS acks queued while the peer does not read (nghttp2's max_outbound_ack).
+    max_unread_acks: int = 1000
+    #: Bytes of output one connection may have buffered (answers wait for the peer to read;
+    #: this catches what does not: control frames, and a peer that never reads).
+    max_buffered_output: int = 8 * 1024 * 1024
+
+
+class _TokenBucket:
+    def __init__(self, burst: int, rate: float) -> None:
+        self.burst, self.rate = float(burst), rate
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class _GuardedHandler(Handler):
+    """grpclib's per-connection handler, giving calls without grpc-timeout the host's maximum."""
+
+    def __init__(self, limits: ConnectionLimits, *args: Any) -> None:
+        super().__init__(*args)
+        self._default_timeout = ("grpc-timeout", f"{max(1, round(limits.max_call_seconds))}S")
+
+    def accept(self, stream: Any, headers: list[tuple[str, str]],
+               release_stream: Callable[[], Any]) -> None:
+        if not any(name == "grpc-timeout" for name, _ in headers):
+            headers = [*headers, self._default_timeout]
+        super().accept(stream, headers, release_stream)
+
+
+class _GuardedEventsProcessor(EventsProcessor):
+    """Releases a stream the peer resets at once: grpclib releases it when the handler's task
+    ends, and a task cancelled before its first step never runs its `finally`."""
+
+    def __init__(self, handler: Any, connection: Any) -> None:
+        super().__init__(handler, connection)
+        self.releases: dict[int, Callable[[], None]] = {}
+
+    def register(self, stream: Any) -> Callable[[], None]:
+        streams, releases, connection = self.streams, self.releases, self.connection
+
+        def release_stream() -> None:
+            releases.pop(stream.id, None)
+            if streams.pop(stream.id, None) is None:
+                return  # released already (reset by the peer)
+            connection.stream_close_waiter.set()
+            if not connection.is_closing():
+                connection.ack(stream.id, stream.buffer.unacked_size())
+
+        streams[stream.id] = stream
+        self.releases[stream.id] = release_stream
+        return release_stream
+
+    def process_stream_reset(self, event: StreamReset) -> None:
+        super().process_stream_reset(event)
+        release = self.releases.pop(event.stream_id, None)
+        if release is not None:
+            release()
+
+
+class _GuardedProtocol(H2Protocol):
+    def __init__(self, server: GuardedServer, handler: Any, config: Any, h2_config: Any) -> None:
+        super().__init__(handler, config, h2_config)
+        self._server = server
+        self._limits = server.limits
+        self._resets = _TokenBucket(self._limits.reset_burst, self._limits.reset_rate)
+        self._controls = _TokenBucket(self._limits.control_burst, self._limits.control_rate)
+        self._unread_acks = 0
+        self._greeted = False  # the peer's preface and first SETTINGS arrived
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.last_active = time.monotonic()
+
+    # connection lifecycle
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        super().connection_made(transport)
+        self.processor = _GuardedEventsProcessor(self.handler, self.connection)
+        self._schedule(self._limits.handshake_timeout)
+        self._server.admit(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._server.forget(self)
+        super().connection_lost(exc)
+
+    @property
+    def calls(self) -> int:
+        """Calls in flight on this connection."""
+        return len(self.processor.streams)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.processor.streams)
+
+    @property
+    def greeted(self) -> bool:
+        """Whether the peer sent the HTTP/2 preface and its SETTINGS."""
+        return self._greeted
+
+    def _check_timers(self) -> None:
+        if self._closed:
+            return
+        now = time.monotonic()
+        if not self._greeted:
+            logger.debug("closed a connection from %s that sent no HTTP/2 preface within %gs",
+                        self.peer, self._limits.handshake_timeout)
+            self.close(abort=True)
+            return
+        idle_for = now - self.last_active
+        if not self.busy and idle_for >= self._limits.idle_timeout:
+            logger.debug("closing a connection idle for %.0fs", idle_for)
+            self.close(ErrorCodes.NO_ERROR)
+            return
+        self._schedule(self._limits.idle_timeout - (idle_for if not self.busy else 0.0))
+
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(max(delay, 0.05), self._check_timers)
+
+    def close(self, error_code: ErrorCodes | None = None, *, abort: bool = False) -> None:
+        """Close with GOAWAY (`error_code`), flushed unless `abort` or the peer is not reading;
+        calls in flight on this connection are cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        transport = self.transport
+        if error_code is not None and self._greeted:
+            h2_connection = self.connection._connection
+            try:
+                h2_connection.close_connection(error_code)
+                data = h2_connection.data_to_send()
+                if data and not abort and transport.get_write_buffer_size() < 65536:
+                    transport.write(data)
+            except Exception:
+                pass
+        if abort or transport.get_write_buffer_size() >= 65536:
+            transport.abort()
+        self.processor.close("Connection closed by the host")
+
+    def _calm(self, why: str) -> None:
+        logger.warning("closed a connection from %s (GOAWAY ENHANCE_YOUR_CALM): %s",
+                       self.peer, why)
+        self.close(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    @property
+    def peer(self) -> str:
+        peer = self.transport.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+
+    # frames
+
+    #: Bytes handed to h2 at a time: its work on one read is bounded before a limit can act
+    #: (a 256 KiB read of PING frames is 15,000 acks to write).
+    FEED_SLICE = 16384
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        view = memoryview(data)
+        for start in range(0, len(data), self.FEED_SLICE):
+            if self._closed:
+                return
+            self._receive(view[start:start + self.FEED_SLICE].tobytes() if len(data) >
+                          self.FEED_SLICE else data)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            events = self.connection.feed(data)
+        except ProtocolError as exc:
+            logger.debug("HTTP/2 protocol error from %s: %s", self.peer, exc)
+            self.connection.flush()  # h2's GOAWAY, then close
+            self.close()
+            return
+        limits = self._limits
+        paused = not self.connection.write_ready.is_set()
+        for event in events:
+            if isinstance(event, StreamReset) and event.remote_reset:
+                if not self._resets.take():
+                    self._calm(f"more than {limits.reset_burst} stream resets at over "
+                               f"{limits.reset_rate:g}/s (rapid reset)")
+                    return
+            elif isinstance(event, RemoteSettingsChanged | PingReceived):
+                if not self._greeted and isinstance(event, RemoteSettingsChanged):
+                    self._greeted = True
+                    self._schedule(self._limits.idle_timeout)  # the handshake is over
+                self._unread_acks += paused
+                if not self._controls.take():
+                    self._calm(f"more than {limits.control_burst} PING/SETTINGS frames at over "
+                               f"{limits.control_rate:g}/s")
+                    return
+        if self._unread_acks > limits.max_unread_acks:
+            self._calm(f"over {limits.max_unread_acks} PING/SETTINGS acks it does not read")
+            return
+        self.connection.flush()
+        for event in events:
+            self.processor.process(event)
+            if self._closed:
+                return
+        self.connection.flush()
+        if self.transport.get_write_buffer_size() > limits.max_buffered_output:
+            self._calm(f"over {limits.max_buffered_output} bytes of output it does not read")
+
+    def resume_writing(self) -> None:
+        self._unread_acks = 0
+        super().resume_writing()
+
+
+class GuardedServer(Server):
+    """grpclib's Server with the defences above, on asyncio and uvloop alike."""
+
+    def __init__(self, handlers: Any, *, codec: Any, limits: ConnectionLimits) -> None:
+        super().__init__(handlers, codec=codec)
+        self.limits = limits
+        self._connections: dict[_GuardedProtocol, None] = {}  # oldest first
+
+    def _protocol_factory(self) -> H2Protocol:
+        self.__gc_step__()
+        handler = _GuardedHandler(self.limits, self._mapping, self._codec,
+                                  self._status_details_codec, self.__dispatch__)
+        self._handlers.add(handler)
+        return _GuardedProtocol(self, handler, self._config, self._h2_config)
+
+    def admit(self, protocol: _GuardedProtocol) -> None:
+        """Count a new connection; past the cap, make room by closing, in this order, the
+        longest-silent one that never sent the preface, the longest-idle one without a call in
+        flight, or the one holding the most calls: a new peer (the orchestrator's health probe)
+        always gets in, and a coordinator's connection holds a call or two, never the most."""
+        self._connections[protocol] = None
+        if len(self._connections) <= self.limits.max_connections:
+            return
+        others = [c for c in self._connections if c is not protocol]
+        silent = [c for c in others if not c.greeted]
+        idle = [c for c in others if c.greeted and not c.busy]
+        if silent or idle:
+            victim, why = min(silent or idle, key=lambda c: c.last_active), \
+                "silent" if silent else "idle"
+        else:
+            victim, why = max(others, key=lambda c: c.calls), "busiest"
+        logger.log(logging.WARNING if why == "busiest" else logging.DEBUG,
+                   "over --max-connections %d: closing the %s connection, from %s",
+                   self.limits.max_connections, why, victim.peer)
+        self._connections.pop(victim, None)
+        victim.close(ErrorCodes.NO_ERROR if why != "busiest" else ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def forget(self, protocol: _GuardedProtocol) -> None:
+        self._connections.pop(protocol, None)
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open."""
+        return len(self._connections)
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Streams held open on all connections (released when answered or reset)."""
+        return sum(c.calls for c in self._connections)
+
+    async def start_guarded(self, host: str | None = None, port: int | None = None, *,
+                            path: str | None = None, sock: socket.socket | None = None,
+                            ssl: Any = None, backlog: int = 100) -> None:
+        """`Server.start`, with the TLS handshake bounded by `handshake_timeout` (grpclib does
+        not pass asyncio's ssl_handshake_timeout)."""
+        if self._server is not None:
+            raise RuntimeError("the server is already started")
+        loop = asyncio.get_running_loop()
+        tls = {"ssl": ssl, "ssl_handshake_timeout": self.limits.handshake_timeout} if ssl \
+            else {}
+        if path is not None:
+            self._server = await loop.create_unix_server(self._protocol_factory, path,
+                                                         backlog=backlog, **tls)
+        elif sock is not None:
+            self._server = await loop.create_server(self._protocol_factory, sock=sock,
+                                                    backlog=backlog, **tls)
+        else:
+            self._server = await loop.create_server(self._protocol_factory, host, port,
+                                                    backlog=backlog, **tls)
+        self._server_closed_fut = loop.create_future()

@@ -9,12 +9,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import containment, eventloop
-from .host import DEFAULT_MAX_MESSAGE_LENGTH, HostConfig, ModelHost, call_guard
+from .host import (
+    DEFAULT_MAX_MESSAGE_LENGTH,
+    ConnectionLimits,
+    HostConfig,
+    ModelHost,
+    call_guard,
+)
 from .security import DelegationClaims, DelegationHeaders, server_tls_context
 from .wire.auth import AuthError
 
@@ -59,6 +66,17 @@ def _positive_int(name: str, value: str) -> int:
         raise UsageError(f"{name} {value!r} is not a whole number of bytes") from None
     if number <= 0:
         raise UsageError(f"{name} must be a positive number of bytes, got {number}")
+    return number
+
+
+def _positive(name: str, value: str, kind: type[int] | type[float] = float) -> float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise UsageError(f"{name} {value!r} is not a {'whole ' if kind is int else ''}number")\
+            from None
+    if number <= 0:
+        raise UsageError(f"{name} must be positive, got {number}")
     return number
 
 
@@ -194,6 +212,24 @@ def _parser() -> argparse.ArgumentParser:
     secure.add_argument("--coordinator-wallet-pubkey", default=env("COORDINATOR_WALLET_PUBKEY"),
                         help="the coordinator's wallet; accepted, changes nothing, as in the "
                              "deployed host (env COORDINATOR_WALLET_PUBKEY)")
+    limits = ConnectionLimits()
+    parser.add_argument("--max-connections", default=env("MAX_CONNECTIONS",
+                                                          str(limits.max_connections)),
+                        help="connections open at once; past it the longest-idle one without "
+                             "a call in flight is closed (env MAX_CONNECTIONS; default "
+                             "%(default)s)")
+    parser.add_argument("--handshake-timeout", default=env("HANDSHAKE_TIMEOUT",
+                                                            f"{limits.handshake_timeout:g}"),
+                        help="seconds a new connection has for TLS and the HTTP/2 preface "
+                             "(env HANDSHAKE_TIMEOUT; default %(default)s)")
+    parser.add_argument("--idle-timeout", default=env("IDLE_TIMEOUT",
+                                                       f"{limits.idle_timeout:g}"),
+                        help="seconds a connection may stay without a call before it is closed "
+                             "(env IDLE_TIMEOUT; default %(default)s)")
+    parser.add_argument("--max-call-seconds", default=env("MAX_CALL_SECONDS",
+                                                           f"{limits.max_call_seconds:g}"),
+                        help="the deadline of a call that sends none (env MAX_CALL_SECONDS; "
+                             "default %(default)s)")
     parser.add_argument("--grace-period", default=env("GRACE_PERIOD", "10"),
                         help="seconds in-flight calls get to finish after SIGTERM/SIGINT "
                              "(env GRACE_PERIOD; default %(default)s)")
@@ -222,6 +258,11 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
             from None
     if grace < 0:
         raise UsageError(f"--grace-period must be 0 or more seconds, got {grace}")
+    limits = ConnectionLimits(
+        max_connections=int(_positive("--max-connections", options.max_connections, int)),
+        handshake_timeout=_positive("--handshake-timeout", options.handshake_timeout),
+        idle_timeout=_positive("--idle-timeout", options.idle_timeout),
+        max_call_seconds=_positive("--max-call-seconds", options.max_call_seconds))
     secure = _boolean("--secure", options.secure)
     claims = None
     tls: tuple[Path | None, Path | None, Path | None]
@@ -256,6 +297,7 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
         max_send_message_length=_positive_int("--max-send-message-length",
                                               options.max_send_message_length),
         grace_period=grace,
+        limits=limits,
         resource_directory=Path(options.resource_directory) if options.resource_directory
         else None,
         tls_cert=tls[0], tls_key=tls[1], tls_client_ca=tls[2],
@@ -360,6 +402,18 @@ def _tls_paths(cert: str | None, key: str | None,
     return paths[0], paths[1], paths[2]
 
 
+def _raise_file_limit() -> None:
+    """Open-file limit to the hard limit (at most 65,536): a soft 1,024 was exhausted by 1,100
+    connections that never sent the preface (the handshake timeout then frees them)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit from %d: %s", soft, exc)
+
+
 async def _serve(config: HostConfig) -> None:
     host = ModelHost(config)
 
@@ -386,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.basicConfig(level=level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         containment.install()
+        _raise_file_limit()
         eventloop.run(_serve(config))
     except UsageError as exc:
         print(f"model-runner: error: {exc}", file=sys.stderr)

@@ -6,15 +6,14 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from grpclib.events import SendInitialMetadata, listen
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
-from grpclib.server import Server
 
-from ._grpclib import listening_sockets
+from ._grpclib import ConnectionLimits, GuardedServer, listening_sockets
 from .listen import WILDCARD_V6, dual_stack_socket, families
 from .security import CallGuard, DelegationClaims, DelegationHeaders, server_tls_context
 from .service import DynamicSubclassService
@@ -22,7 +21,7 @@ from .wire import DEFAULT_MAX_MESSAGE_LENGTH
 from .wire.auth import GatewayVerifier
 from .wire.codec import PassthroughCodec
 
-__all__ = ["DEFAULT_MAX_MESSAGE_LENGTH", "HostConfig", "ModelHost"]
+__all__ = ["DEFAULT_MAX_MESSAGE_LENGTH", "ConnectionLimits", "HostConfig", "ModelHost"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +61,8 @@ class HostConfig:
     #: SHA-256 (hex) of the coordinators' client-certificate public keys accepted on model
     #: calls (COORDINATOR_CERT_HASH, COORDINATOR_CERT_HASH_SECONDARY); needs mutual TLS.
     coordinator_cert_hashes: tuple[str, ...] = ()
+    #: What one peer may cost: connections, silent peers, floods, calls without a deadline.
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     #: Passed by existing deployments; logged, they change nothing (as in crunch-model-runner).
     has_gpu: bool = False
     main_file: str = "main.py"
@@ -101,7 +102,8 @@ class ModelHost:
             authorize=call_guard(config),
         )
         health = Health({self.service: [self._model_status], OVERALL: [self._overall]})
-        self._server = Server([self.service, health], codec=PassthroughCodec())
+        self._server = GuardedServer([self.service, health], codec=PassthroughCodec(),
+                                     limits=config.limits)
         if config.auth_delegation is not None:
             if config.tls_cert is None:
                 raise ValueError("a delegation vouches for the host's TLS key: serve TLS "
@@ -125,17 +127,23 @@ class ModelHost:
         # A large backlog: a coordinator connects to every model at once after a restart.
         backlog = 1024
         if config.path is not None:
-            await self._server.start(path=config.path, ssl=tls)
+            await self._server.start_guarded(path=config.path, ssl=tls, backlog=backlog)
         elif config.host == WILDCARD_V6 and (sock := dual_stack_socket(config.port,
                                                                          backlog)) is not None:
-            await self._server.start(sock=sock, ssl=tls, backlog=backlog)
+            await self._server.start_guarded(sock=sock, ssl=tls, backlog=backlog)
         else:
-            await self._server.start(config.host, config.port, ssl=tls, backlog=backlog)
+            await self._server.start_guarded(config.host, config.port, ssl=tls,
+                                             backlog=backlog)
         sockets = listening_sockets(self._server)
         if config.path is None:
             self.port = int(sockets[0].getsockname()[1]) if sockets else config.port
         self.families = families(sockets)
         self._overall.set(True)
+
+    @property
+    def connections(self) -> tuple[int, int]:
+        """(connections open, HTTP/2 streams held open on them)."""
+        return self._server.connection_count, self._server.calls_in_flight
 
     @property
     def address(self) -> str:

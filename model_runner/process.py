@@ -98,7 +98,12 @@ class ModelHostProcess:
         python_path: Sequence[Path] = (),
         host: str | None = DEFAULT_LISTEN_HOST,
         port: int = 0,
+        python: str = sys.executable,
+        cwd: Path | None = None,
     ) -> None:
+        #: The interpreter that runs the host (benchmarks compare other installations).
+        self.python = python
+        self.cwd = cwd
         self.code_directory = Path(code_directory)
         self.args = list(args)
         self.host = host
@@ -117,10 +122,10 @@ class ModelHostProcess:
             host = f"[{self.host}]" if ":" in self.host else self.host
             address = ["--address", f"{host}:{self.requested_port}"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "model_runner", "--code-directory",
+            [self.python, "-m", "model_runner", "--code-directory",
              str(self.code_directory), *address, *self.args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=self.env, start_new_session=True)
+            env=self.env, cwd=self.cwd, start_new_session=True)
         threading.Thread(target=self._read_output, args=(self.proc,), daemon=True,
                          name=f"host-output-{self.proc.pid}").start()
 

@@ -12,10 +12,11 @@ import logging
 import struct
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import grpclib.const
 import grpclib.server
@@ -66,6 +67,8 @@ class _Outcome:
     variant: tuple[int, bytes] | None = None
     #: A new model instance (Setup), installed by the event loop, never by the model thread.
     instance: Any = None
+    #: The model's traceback, for the log (not sent to the client).
+    traceback: str = ""
 
 
 class DynamicSubclassService:
@@ -93,8 +96,14 @@ class DynamicSubclassService:
         #: Bumped by every Rest: a Setup that started before a Rest must not install its instance.
         self._generation = 0
         # Per instance: method name -> how to call it (resolved once, cleared by Setup and Rest).
-        self._methods: dict[str, _Method] = {}
-        self._dropped_logged: set[tuple[str, frozenset[str]]] = set()
+        # Bounded: a caller naming 20,000 methods once held 16.6 MB here.
+        self._methods: _Recent[str, _Method] = _Recent(METHODS_REMEMBERED)
+        #: Sets of dropped keyword names already logged, per method: logged once each.
+        self._dropped_logged: _Recent[tuple[str, frozenset[str]], bool] = _Recent(
+            METHODS_REMEMBERED)
+        #: How often each distinct call failure was seen (see _log_failure).
+        self._failures_logged: _Recent[tuple[str, StatusCode, str], int] = _Recent(
+            METHODS_REMEMBERED)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -248,7 +257,7 @@ class DynamicSubclassService:
     async def call(self, request: CallRequest, expires_at: float | None) -> bytes:
         outcome = await self._call(request, expires_at)
         if outcome.code is not StatusCode.SUCCESS:
-            logger.warning("Call %s: %s %s", request.methodName, outcome.code, outcome.message)
+            self._log_failure(request.methodName, outcome)
         response = CallResponse(status=_status(outcome.code, outcome.message))
         if outcome.variant is not None:
             type_, value = outcome.variant
@@ -270,7 +279,8 @@ class DynamicSubclassService:
                             "no model instance: call Setup with the base class first")
         info = self._methods.get(name)
         if info is None:
-            info = self._methods[name] = _Method.resolve(instance, name)
+            info = _Method.resolve(instance, name)
+            self._methods.put(name, info)
         if info.error is not None:
             return info.error
         method = getattr(instance, name)  # binds a function: runs no user code
@@ -317,17 +327,63 @@ class DynamicSubclassService:
             raise GRPCError(GrpcStatus.DEADLINE_EXCEEDED,
                             f"deadline passed while {name} waited for an earlier call") from None
 
+    def _log_failure(self, name: str, outcome: _Outcome) -> None:
+        """Each distinct failure in full once (with the model's traceback), then a count every
+        100th time: a model failing every tick for months must not fill the disk."""
+        key = (name, outcome.code, outcome.message)
+        seen = (self._failures_logged.get(key) or 0) + 1
+        self._failures_logged.put(key, seen)
+        if seen == 1:
+            logger.warning("Call %s: %s %s%s", name, outcome.code, outcome.message,
+                           f"\n{outcome.traceback}" if outcome.traceback else "")
+        elif seen % 100 == 0:
+            logger.warning("Call %s: %s %s (%d times so far)", name, outcome.code,
+                           outcome.message, seen)
+
     def _drop_unaccepted(
         self, name: str, accepted: frozenset[str], kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         dropped = frozenset(kwargs) - accepted
         if not dropped:
             return kwargs
-        if (name, dropped) not in self._dropped_logged:
-            self._dropped_logged.add((name, dropped))
+        if self._dropped_logged.get((name, dropped)) is None:
+            self._dropped_logged.put((name, dropped), True)
             logger.warning("%s does not take keyword arguments %s; dropping them",
                            name, ", ".join(sorted(dropped)))
         return {k: v for k, v in kwargs.items() if k in accepted}
+
+
+#: Method names (and sets of dropped keywords) remembered per instance.
+METHODS_REMEMBERED = 256
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Recent(Generic[K, V]):
+    """The `size` most recently used entries."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass(frozen=True)
@@ -398,9 +454,8 @@ def _status(code: StatusCode, message: str = "") -> Status:
 
 
 def _failed(cls_name: str, name: str, exc: BaseException) -> _Outcome:
-    logger.error("%s.%s raised:\n%s", cls_name, name,
-                 "".join(traceback.format_exception(exc)).rstrip())
-    return _Outcome(StatusCode.MODEL_FAILED, f"{cls_name}.{name} raised {describe(exc)}")
+    return _Outcome(StatusCode.MODEL_FAILED, f"{cls_name}.{name} raised {describe(exc)}",
+                    traceback="".join(traceback.format_exception(exc)).rstrip())
 
 
 def _encode_result(cls_name: str, name: str, result: Any, max_send: int) -> _Outcome:

@@ -243,3 +243,56 @@ async def test_rest_drops_the_instance_and_reimports(toolbox: DynamicSubclassSer
     assert (await setup(toolbox, "starter_challenge.tracker.TrackerBase", "fresh"))[0] == "SUCCESS"
     assert await ok(toolbox, "init") == {"args": ["fresh"], "kwargs": {}}
     assert await ok(toolbox, "loaded_at") > loaded  # the module was imported afresh
+
+
+# --- bounded state ---------------------------------------------------------------------------
+
+
+async def test_per_name_state_is_bounded_and_failures_are_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """20,000 distinct method names once held 16.6 MB of cache in the host, and every failed
+    call logged its traceback. The service is driven in this process: the caches under test are
+    its private attributes."""
+    import logging
+    import sys
+
+    from grpclib.health.check import ServiceStatus
+
+    from model_runner.service import METHODS_REMEMBERED, DynamicSubclassService
+    from model_runner.wire import encode_value
+    from model_runner.wire.pb2.commons_pb2 import Argument, KwArgument, Variant
+    from model_runner.wire.pb2.dynamic_subclass_pb2 import CallRequest as Request
+    from model_runner.wire.pb2.dynamic_subclass_pb2 import SetupRequest
+    from tests.hosts import BASE, EXAMPLES
+
+    def variant(value: object) -> Variant:
+        encoded = encode_value(value)
+        return Variant(type=int(encoded.type), value=encoded.value)
+
+    sys.path.insert(0, str(EXAMPLES))
+    service = DynamicSubclassService(TEST_SUBMISSIONS / "toolbox", model_status=ServiceStatus(),
+                                     max_receive_message_length=1 << 20,
+                                     max_send_message_length=1 << 20)
+    try:
+        await service.setup(SetupRequest(className=BASE), None)
+        for i in range(2_000):
+            await service.call(Request(methodName=f"missing_{i}"), None)
+        one = Argument(position=0, data=variant(1))
+        for i in range(600):  # 600 distinct sets of keywords `first` does not take
+            await service.call(Request(methodName="first", methodArguments=[one],
+                                       methodKwArguments=[KwArgument(keyword=f"k{i}",
+                                                                     data=variant(i))]), None)
+        assert len(service._methods) <= METHODS_REMEMBERED
+        assert len(service._dropped_logged) <= METHODS_REMEMBERED
+        assert len(service._failures_logged) <= METHODS_REMEMBERED
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="model_runner.service"):
+            for _ in range(250):
+                await service.call(Request(methodName="fail"), None)
+        raised = [r for r in caplog.records if "fail: MODEL_FAILED" in r.getMessage()]
+        assert len(raised) == 3  # the first, with its traceback, then the 100th and 200th
+        assert "Traceback" in raised[0].getMessage() and "(200 times so far)" in \
+            raised[2].getMessage()
+    finally:
+        service.runner.close()
+        sys.path.remove(str(EXAMPLES))
