@@ -27,7 +27,7 @@ sys.path.insert(0, str(EXAMPLES))  # the Crunch package and the example coordina
 
 from coordinator import Board, Coordinator  # noqa: E402
 
-from model_runner.eventloop import uvloop_enabled  # noqa: E402
+from model_runner.eventloop import Interrupted, run_until_signalled  # noqa: E402
 from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec  # noqa: E402
 from model_runner_client import FailureReport, ModelRunnerClient  # noqa: E402
 
@@ -107,11 +107,10 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     console = Console()
     try:
-        status = anyio.run(run, options, console,
-                           backend_options={"use_uvloop": uvloop_enabled()})
-    except KeyboardInterrupt:  # the hosts were stopped while the run was cancelled
-        print("demo: interrupted", file=sys.stderr)
-        sys.exit(130)
+        status = run_until_signalled(run, options, console)
+    except Interrupted as exc:  # the hosts were stopped while the run was cancelled
+        print(f"\ndemo: interrupted ({exc}); every model host stopped", file=sys.stderr)
+        sys.exit(128 + exc.signum)
     sys.exit(status)
 
 

@@ -435,6 +435,7 @@ async def _serve(config: HostConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    containment.die_with_parent()
     try:
         config, level = build_config(argv)
         logging.basicConfig(level=level,

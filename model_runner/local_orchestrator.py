@@ -43,7 +43,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from websockets.asyncio.server import Server, ServerConnection
 
-from .eventloop import uvloop_enabled
+from .eventloop import Interrupted, run_until_signalled
 from .process import ModelHostProcess
 
 __all__ = ["LocalOrchestrator", "ModelSpec", "load_config"]
@@ -430,9 +430,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             await anyio.sleep_forever()
 
     try:
-        anyio.run(serve, backend_options={"use_uvloop": uvloop_enabled()})
-    except KeyboardInterrupt:
-        sys.exit(130)
+        run_until_signalled(serve)
+    except Interrupted as exc:
+        print(f"local_orchestrator: {exc}; every model host stopped", file=sys.stderr)
+        sys.exit(128 + exc.signum)
 
 
 if __name__ == "__main__":

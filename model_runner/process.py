@@ -22,6 +22,8 @@ from pathlib import Path
 
 import anyio
 
+from .containment import PARENT_PID
+
 __all__ = ["DEFAULT_LISTEN_HOST", "LOG_HEAD", "LOG_TAIL", "ModelHostProcess",
            "host_environment"]
 
@@ -108,7 +110,9 @@ class ModelHostProcess:
         self.args = list(args)
         self.host = host
         self.requested_port = port
-        self.env = host_environment(python_path, env)
+        # The host ends when this process does (containment.die_with_parent): PR_SET_PDEATHSIG
+        # follows the thread that spawns, so spawn from a thread that lives as long as the host.
+        self.env = {**host_environment(python_path, env), PARENT_PID: str(os.getpid())}
         self._log = _BoundedLog()
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0

@@ -1,9 +1,11 @@
 """Run a model's code one call at a time, in arrival order, off the event loop.
 
 Plain functions run on one dedicated thread per model (so models with thread-affine state keep
-working and health checks stay answered); coroutine functions are awaited on the loop. A call
-waiting its turn whose deadline passes is never run. A call whose caller gave up keeps its turn
-until the model's code returns: the model never sees two calls at once.
+working and health checks stay answered); coroutine functions run on the loop, in a task this
+runner owns. A call waiting its turn whose deadline passes is never run. A call whose caller gave
+up keeps its turn until the model's code returns, `def` and `async def` alike: the model never
+sees two calls at once, and is never interrupted mid-body (a cancelled coroutine left model
+state half-updated).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 __all__ = ["DeadlinePassed", "SerialRunner"]
@@ -32,7 +34,10 @@ _Job = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop
 
 class SerialRunner:
     def __init__(self, name: str = "model") -> None:
+        self._name = name
         self._lock = asyncio.Lock()  # FIFO: waiters acquire in arrival order
+        #: Coroutine calls running (owned here: their callers may have stopped waiting).
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         # A daemon thread: a model stuck in a C loop must not keep the process alive after drain.
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
@@ -77,15 +82,31 @@ class SerialRunner:
         return await asyncio.shield(future)
 
     async def run_async(
-        self, fn: Callable[[], Awaitable[T]], *, expires_at: float | None = None
+        self, fn: Callable[[], Coroutine[Any, Any, T]], *, expires_at: float | None = None
     ) -> T:
-        """Await `fn()` on the loop when its turn comes."""
-        async with self._lock:
+        """Run `fn()` on the loop when its turn comes, to completion even when the caller stops
+        waiting (the turn ends when the coroutine does)."""
+        await self._lock.acquire()
+        try:
             _check(expires_at)
-            return await fn()
+            task = asyncio.get_running_loop().create_task(fn(), name=f"{self._name}-call")
+        except BaseException:
+            self._lock.release()
+            raise
+        self._tasks.add(task)
+
+        def turn_over(done: asyncio.Task[T]) -> None:
+            self._tasks.discard(done)
+            self._lock.release()
+
+        task.add_done_callback(turn_over)
+        return await asyncio.shield(task)
 
     def close(self) -> None:
+        """Stop the model thread after its current job; cancel a coroutine still running."""
         self._jobs.put(None)
+        for task in self._tasks:
+            task.cancel()
 
 
 def _check(expires_at: float | None) -> None:

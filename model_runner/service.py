@@ -307,7 +307,7 @@ class DynamicSubclassService:
                     try:
                         result = await method(*args, **kwargs)
                     except asyncio.CancelledError:
-                        raise  # the caller's deadline: not the model's failure
+                        raise  # the host is stopping (SerialRunner.close): not the model's fault
                     except BaseException as exc:  # KeyboardInterrupt too: the model raised it
                         return failed(exc)
                     return _encode_result(cls_name, name, result, max_send)

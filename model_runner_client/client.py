@@ -330,13 +330,18 @@ class ModelRunnerClient:
         if scope.cancelled_caught:
             registry = self._registry
             if count is None and not (registry.is_listed or registry.slots or registry.departed):
-                raise TimeoutError(f"waited {timeout}s and the model source {self._source!r} "
-                                   "has listed no models yet (is the orchestrator reachable?)")
+                problem = self._source.problem
+                raise TimeoutError(
+                    f"waited {timeout}s and the model source {self._source!r} has listed no "
+                    "models yet: " + (f"{problem}; check crunch_id, host and port" if problem
+                                      else "is the orchestrator reachable?"))
             want = "every model to be ready" if count is None else f"{count} ready models"
+            problem = self._source.problem
             raise TimeoutError(
                 f"waited {timeout}s for {want}: {len(self.models)} ready, "
                 f"{len(self.pending)} still connecting "
-                f"({', '.join(e.model_id for e in self.pending[:10])})")
+                f"({', '.join(e.model_id for e in self.pending[:10])})"
+                + (f"; {problem}" if problem else ""))
         return self.models
 
     def events(self) -> AsyncIterator[ModelEvent]:

@@ -107,6 +107,8 @@ class OrchestratorLink:
         self.backoff_max = backoff_max
         self.open_timeout = open_timeout
         self.connections = 0
+        #: Why the link is down, or None while it is up (shown by wait_for_models' error).
+        self.problem: str | None = None
         self._outbox: deque[dict[str, Any]] = deque()
         self._outbox_changed: anyio.Event | None = None
         self._reported: set[tuple[str, str]] = set()
@@ -144,32 +146,59 @@ class OrchestratorLink:
 
     # --- the link --------------------------------------------------------------------------
 
+    def __repr__(self) -> str:
+        return f"OrchestratorLink({self.url!r})"
+
     async def run(self, registry: ModelRegistry) -> None:
         attempt = 0
         while True:
+            frames = 0
             try:
                 async with websockets.connect(self.url, open_timeout=self.open_timeout,
                                               max_size=MAX_FRAME, proxy=None) as ws:
                     logger.info("connected to the orchestrator at %s", self.url)
-                    attempt = 0
                     self.connections += 1
                     async with anyio.create_task_group() as group:
                         group.start_soon(self._send_reports, ws)
                         async for frame in ws:
+                            if not frames:
+                                attempt = 0  # the orchestrator took us: back off from scratch
+                                self._set_problem(None)
+                            frames += 1
                             await self.handle(frame, registry)
                         group.cancel_scope.cancel()
-                logger.warning("the orchestrator closed the link; reconnecting")
+                self._set_problem(self._closed_by_orchestrator(ws.close_code, ws.close_reason))
             # except*: the reader and the report sender share a task group, which raises
             # its tasks' errors as a group.
+            except* websockets.ConnectionClosed as group:
+                closed = group.exceptions[0]
+                assert isinstance(closed, websockets.ConnectionClosed)
+                rcvd = closed.rcvd
+                self._set_problem(self._closed_by_orchestrator(
+                    rcvd.code if rcvd else None, rcvd.reason if rcvd else ""))
             except* (OSError, TimeoutError, websockets.WebSocketException) as group:
                 exc = group.exceptions[0]
-                logger.warning("orchestrator link to %s down (%s: %s); reconnecting", self.url,
-                               type(exc).__name__, exc)
+                self._set_problem(f"cannot reach the orchestrator at {self.url} "
+                                  f"({type(exc).__name__}: {exc})")
             finally:
                 self._outbox_changed = None
+            # A link refused before any frame backs off like any failure (it once retried every
+            # 0.4 s forever after a wrong crunch id).
             delay = min(self.backoff_max, self.backoff_initial * 2 ** attempt)
             attempt = min(attempt + 1, 30)
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
+
+    def _closed_by_orchestrator(self, code: int | None, reason: str | None) -> str:
+        if reason:  # the orchestrator said why (e.g. an unknown crunch)
+            return f"the orchestrator at {self.url} closed the link: {reason} (code {code})"
+        return f"the orchestrator at {self.url} closed the link (code {code})"
+
+    def _set_problem(self, problem: str | None) -> None:
+        """Log a new reason once, at WARNING; the same reason again only at DEBUG."""
+        if problem is not None:
+            level = logging.DEBUG if problem == self.problem else logging.WARNING
+            logger.log(level, "%s; reconnecting with backoff", problem)
+        self.problem = problem
 
     async def handle(self, frame: str | bytes, registry: ModelRegistry) -> None:
         """Apply one frame; anything malformed is logged and skipped, and nothing raised while

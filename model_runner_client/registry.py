@@ -28,7 +28,7 @@ from typing import Protocol, TypeVarTuple, Unpack
 
 import anyio
 from grpclib.const import Status as GrpcStatus
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_pb2 import HealthCheckResponse
 
 from model_runner.wire import SERVICE_NAME, StatusCode
@@ -60,9 +60,6 @@ _DEPARTED_KEPT = 10_000
 #: Setups (connect + Setup) in flight at once: 10,000 joining entries at an address that
 #: refuses connections, all set up at once, held the loop 5-21 s and ticks with it.
 MAX_CONCURRENT_SETUPS = 64
-_CONNECTION_ERRORS = (OSError, TimeoutError, GRPCError, StreamTerminatedError, ProtocolError)
-
-
 def _host_problem(host: str) -> str | None:
     """Why `host` cannot be connected to, or None: an IP address or a DNS name (labels of 1 to
     63 letters, digits, '-' or '_'; 253 characters at most)."""
@@ -318,17 +315,26 @@ class Registry:
     async def _supervise(self, slot: Slot) -> None:
         """The slot's one supervisor: the first Setup, then each check the policy asks for,
         one at a time, until the slot is gone."""
-        await self._setup_with_retries(slot)
+        await self._guarded(slot, self._setup_with_retries)
         while not slot.gone:
             await slot.wake.wait()
             slot.wake = anyio.Event()
             check, slot.pending = slot.pending, None
             if check is Check.SETUP:
-                await self._setup_with_retries(slot)  # the host lost its instance
+                await self._guarded(slot, self._setup_with_retries)  # the host lost its model
             elif check is Check.PROBE:
-                await self._probe(slot)
+                await self._guarded(slot, self._probe)
             if slot.state is SlotState.CHECKING and slot.pending is None:
                 slot.state = SlotState.READY
+
+    async def _guarded(self, slot: Slot, check: Callable[[Slot], Awaitable[None]]) -> None:
+        """A check that raises is a bug of ours: logged with its traceback, never the model's
+        fault, and the supervisor goes on (it once left the model CHECKING for good)."""
+        try:
+            await check(slot)
+        except Exception:
+            logger.exception("bug: %s of %s raised; the model is kept and checked again "
+                             "after its next timeout", check.__name__, slot.endpoint)
 
     async def _setup_with_retries(self, slot: Slot) -> None:
         endpoint = slot.endpoint
@@ -393,7 +399,7 @@ class Registry:
         """After a timeout: is the host still there and still holding the model?"""
         try:
             status = await slot.connection.health(SERVICE_NAME, self.probe_timeout)
-        except _CONNECTION_ERRORS as exc:
+        except Exception as exc:  # unreachable, or an answer that does not parse: ask again
             if slot.gone:
                 return
             logger.info("health probe of %s failed (%s: %s); reconnecting",

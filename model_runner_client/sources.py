@@ -26,12 +26,18 @@ class ModelSource(Protocol):
 
     async def run(self, registry: ModelRegistry) -> None: ...
 
+    @property
+    def problem(self) -> str | None:
+        """Why the source cannot list models right now (None: nothing known to be wrong)."""
+        ...
+
 
 @dataclass
 class StaticModels:
     """A fixed list of models (`ModelRunnerClient.from_addresses`)."""
 
     endpoints: list[ModelEndpoint]
+    problem: str | None = None
 
     async def run(self, registry: ModelRegistry) -> None:
         for endpoint in self.endpoints:

@@ -143,3 +143,72 @@ async def test_an_answer_longer_than_its_message_is_refused(transport: str) -> N
             assert (await client.call("predict", "BTC", 2))["odd"].latency_us < 5_000_000
     finally:
         server.close()
+
+
+class _UnreadableHealth:
+    """A host that sets up and answers calls (slowly when asked), but whose health answers do
+    not parse."""
+
+    def __init__(self) -> None:
+        self.setups = 0
+        self.slow_calls = 2  # the first two calls time out: each asks for a probe
+
+    def __mapping__(self) -> dict[str, Any]:
+        from grpclib.const import Cardinality, Handler
+
+        from model_runner.wire import CALL_PATH, SETUP_PATH
+        unary = Cardinality.UNARY_UNARY
+        return {SETUP_PATH: Handler(self.setup, unary, bytes, bytes),
+                CALL_PATH: Handler(self.call, unary, bytes, bytes),
+                "/grpc.health.v1.Health/Check": Handler(self.health, unary, bytes, bytes)}
+
+    async def setup(self, stream: Any) -> None:
+        from model_runner.wire import SetupResponse, Status
+        await stream.recv_message()
+        self.setups += 1
+        await stream.send_message(bytes(SetupResponse(status=Status(code="SUCCESS"))))
+
+    async def call(self, stream: Any) -> None:
+        from model_runner.wire import CallResponse, Status, encode_value
+        await stream.recv_message()
+        if self.slow_calls:
+            self.slow_calls -= 1
+            await asyncio.sleep(5)
+        await stream.send_message(bytes(CallResponse(status=Status(code="SUCCESS"),
+                                                     method_response=encode_value(1.0))))
+
+    async def health(self, stream: Any) -> None:
+        await stream.recv_message()
+        await stream.send_message(b"\xff\xff\xff\xff")  # not a HealthCheckResponse
+
+
+async def test_a_health_answer_that_does_not_parse_is_handled_by_the_supervisor() -> None:
+    """It escaped the slot's supervisor: the model stayed CHECKING, never probed or set up
+    again. Now the probe's failure reconnects and sets up again, after every timeout."""
+    from grpclib.server import Server
+
+    from model_runner.wire.codec import PassthroughCodec
+    odd = _UnreadableHealth()
+    server = Server([odd], codec=PassthroughCodec())
+    await server.start("127.0.0.1", 0)
+    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    reports: list[FailureReport] = []
+    try:
+        client = ModelRunnerClient.from_addresses(
+            [ModelEndpoint("odd", "127.0.0.1", port, "d")], base_classname=BASE, timeout=0.5,
+            max_consecutive_timeouts=10, on_failure=reports.append)
+        async with client:
+            await client.wait_for_models(1, timeout=20)
+            assert (await client.call("predict"))[0].status is CallStatus.TIMEOUT
+            await until(lambda: odd.setups == 2)  # probed, reconnected, set up again
+            skipped = (await client.call("predict"))[0]  # cooling down after one timeout
+            assert skipped.status is CallStatus.TIMEOUT and "cooling down" in skipped.detail
+            assert (await client.call("predict"))[0].status is CallStatus.TIMEOUT
+            await until(lambda: odd.setups == 3)  # and again: the supervisor lives on
+            statuses = [(await client.call("predict"))[0].status for _ in range(2)]
+            assert statuses == [CallStatus.TIMEOUT, CallStatus.SUCCESS]  # a skip, then served
+            assert [m.model_id for m in client.models] == ["odd"]
+        assert reports == []
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -55,20 +55,79 @@ async def test_stopping_a_host_ends_what_its_model_forked() -> None:
     await until(lambda: not alive(child))
 
 
-def test_ctrl_c_in_the_demo_prints_one_line_and_exits_130() -> None:
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (the model hosts of a launcher)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, *, stderr: bool = False) -> None:
+    stream = proc.stderr if stderr else proc.stdout
+    assert stream is not None
+    deadline = time.monotonic() + 60
+    while needle not in stream.readline():
+        assert time.monotonic() < deadline and proc.poll() is None, f"never printed {needle!r}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+async def test_a_signal_to_the_demo_stops_it_and_every_host(sig: signal.Signals) -> None:
     demo = subprocess.Popen([sys.executable, str(EXAMPLES / "demo.py"), "--ticks", "100"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "120"})
     try:
-        deadline = time.monotonic() + 60
-        assert demo.stdout is not None
-        # Wait until its models are up, then interrupt it as a terminal would.
-        while "models ready" not in demo.stdout.readline():
-            assert time.monotonic() < deadline and demo.poll() is None, "the demo never ticked"
-        demo.send_signal(signal.SIGINT)
+        wait_for_line(demo, "models ready")  # its models are up
+        hosts = children(demo.pid)
+        assert len(hosts) >= 5  # 7, less any already stopped after a report
+        demo.send_signal(sig)
         _, stderr = demo.communicate(timeout=60)
     finally:
         demo.kill()
-    assert demo.returncode == 130
+    assert demo.returncode == 128 + sig
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines() == ["demo: interrupted"], stderr
+    assert stderr.strip().splitlines() == [
+        f"demo: interrupted (stopped by {sig.name}); every model host stopped"], stderr
+    assert not [pid for pid in hosts if alive(pid)]
+
+
+ORCHESTRATOR = [sys.executable, "-m", "model_runner.local_orchestrator", "--port", "0",
+                "--python-path", str(EXAMPLES), str(EXAMPLES / "submissions" / "good_tracker"),
+                str(EXAMPLES / "submissions" / "async_tracker")]
+
+
+async def test_sigterm_to_the_local_orchestrator_stops_every_host() -> None:
+    orchestrator = subprocess.Popen(ORCHESTRATOR, cwd=ROOT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_line(orchestrator, "serving ws://")
+        await until(lambda: len(children(orchestrator.pid)) == 2, 60)
+        hosts = children(orchestrator.pid)
+        orchestrator.send_signal(signal.SIGTERM)
+        _, stderr = orchestrator.communicate(timeout=60)
+    finally:
+        orchestrator.kill()
+    assert orchestrator.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM; every model host stopped" in stderr
+    assert "Traceback" not in stderr
+    assert not [pid for pid in hosts if alive(pid)]
+
+
+async def test_hosts_do_not_outlive_a_killed_orchestrator() -> None:
+    orchestrator = subprocess.Popen(ORCHESTRATOR, cwd=ROOT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+    try:
+        wait_for_line(orchestrator, "serving ws://")
+        await until(lambda: len(children(orchestrator.pid)) == 2, 60)
+        hosts = children(orchestrator.pid)
+    finally:
+        orchestrator.kill()  # SIGKILL: no cleanup runs
+        orchestrator.wait(10)
+    await until(lambda: not [pid for pid in hosts if alive(pid)], 30)

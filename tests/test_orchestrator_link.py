@@ -207,3 +207,28 @@ async def test_the_coordinators_own_network_failure_is_not_blamed(peer: Peer) ->
     finally:
         for host in hosts:
             host.stop()
+
+
+async def test_a_refusal_with_a_reason_is_shown_and_backed_off(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong crunch id: the orchestrator says why and closes. The client once reconnected every
+    ~0.4 s forever with a WARNING each time; now it backs off, logs the reason once, and
+    wait_for_models' error carries it."""
+    import logging
+
+    from model_runner.local_orchestrator import LocalOrchestrator
+    from model_runner_client import ModelRunnerClient
+    from tests.hosts import BASE
+
+    async with LocalOrchestrator("local", []) as orchestrator:
+        client = ModelRunnerClient("bird", "127.0.0.1", orchestrator.port, base_classname=BASE)
+        with caplog.at_level(logging.DEBUG, logger="model_runner_client.orchestrator"):
+            async with client:
+                with pytest.raises(TimeoutError) as waited:
+                    await client.wait_for_models(timeout=4)
+    assert "unknown crunch 'bird'; this is 'local'" in str(waited.value)
+    assert "check crunch_id" in str(waited.value)
+    refusals = [r for r in caplog.records if "closed the link" in r.getMessage()]
+    assert [r.levelno for r in refusals[:1]] == [logging.WARNING]
+    assert all(r.levelno == logging.DEBUG for r in refusals[1:])
+    assert 2 <= len(refusals) <= 5  # backoff 0.5 s doubling with jitter over 4 s (was ~10)

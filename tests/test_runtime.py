@@ -94,6 +94,21 @@ async def test_a_timed_out_sync_call_still_holds_its_turn(
     assert stats["order"] == ["abandoned", "next"] and stats["max_active"] == 1
 
 
+async def test_a_timed_out_async_call_runs_to_completion_and_holds_its_turn(
+    toolbox: DynamicSubclassServiceStub,
+) -> None:
+    """Like `def` methods: cancelling the coroutine mid-body left model state half-updated."""
+    with pytest.raises((TimeoutError, GRPCError)) as ended:
+        await call(toolbox, "async_sleep", 0.8, tag="abandoned", timeout=0.2)
+    if isinstance(ended.value, GRPCError):
+        assert ended.value.status is GrpcStatus.DEADLINE_EXCEEDED
+    started = time.monotonic()
+    await ok(toolbox, "async_sleep", 0.0, tag="next")
+    assert time.monotonic() - started > 0.3  # waited for the abandoned call to finish
+    stats = await ok(toolbox, "stats")
+    assert stats["order"] == ["abandoned", "next"] and stats["max_active"] == 1
+
+
 async def test_async_model(toolbox: DynamicSubclassServiceStub) -> None:
     assert await ok(toolbox, "async_sleep", 0.01) == 0.01
     host = HostProcess(SUBMISSIONS / "async_tracker").start()

@@ -66,8 +66,15 @@ class Toolbox(TrackerBase):
                     self.order.append(tag)
         return seconds
 
-    async def async_sleep(self, seconds):
-        await asyncio.sleep(seconds)
+    async def async_sleep(self, seconds, tag=None):
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.active -= 1
+            if tag is not None:
+                self.order.append(tag)
         return seconds
 
     def stats(self):
