@@ -102,3 +102,12 @@ async def until(predicate: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+def until_sync(predicate: Any, timeout: float = 10.0) -> None:
+    """`until` for tests without an event loop (those driving subprocesses)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)

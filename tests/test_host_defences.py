@@ -8,7 +8,6 @@ benchmarks/host_floods.py.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 

@@ -12,7 +12,16 @@ import pytest
 
 from model_runner.process import LOG_HEAD, LOG_TAIL
 from model_runner.wire import DynamicSubclassServiceStub, StatusCode
-from tests.hosts import EXAMPLES, ROOT, TEST_SUBMISSIONS, HostProcess, call, setup, until
+from tests.hosts import (
+    EXAMPLES,
+    ROOT,
+    TEST_SUBMISSIONS,
+    HostProcess,
+    call,
+    setup,
+    until,
+    until_sync,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +88,7 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, *, stderr: bool = Fa
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-async def test_a_signal_to_the_demo_stops_it_and_every_host(sig: signal.Signals) -> None:
+def test_a_signal_to_the_demo_stops_it_and_every_host(sig: signal.Signals) -> None:
     demo = subprocess.Popen([sys.executable, str(EXAMPLES / "demo.py"), "--ticks", "100"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "120"})
@@ -103,12 +112,12 @@ ORCHESTRATOR = [sys.executable, "-m", "model_runner.local_orchestrator", "--port
                 str(EXAMPLES / "submissions" / "async_tracker")]
 
 
-async def test_sigterm_to_the_local_orchestrator_stops_every_host() -> None:
+def test_sigterm_to_the_local_orchestrator_stops_every_host() -> None:
     orchestrator = subprocess.Popen(ORCHESTRATOR, cwd=ROOT, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
     try:
         wait_for_line(orchestrator, "serving ws://")
-        await until(lambda: len(children(orchestrator.pid)) == 2, 60)
+        until_sync(lambda: len(children(orchestrator.pid)) == 2, 60)
         hosts = children(orchestrator.pid)
         orchestrator.send_signal(signal.SIGTERM)
         _, stderr = orchestrator.communicate(timeout=60)
@@ -120,14 +129,14 @@ async def test_sigterm_to_the_local_orchestrator_stops_every_host() -> None:
     assert not [pid for pid in hosts if alive(pid)]
 
 
-async def test_hosts_do_not_outlive_a_killed_orchestrator() -> None:
+def test_hosts_do_not_outlive_a_killed_orchestrator() -> None:
     orchestrator = subprocess.Popen(ORCHESTRATOR, cwd=ROOT, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, text=True)
     try:
         wait_for_line(orchestrator, "serving ws://")
-        await until(lambda: len(children(orchestrator.pid)) == 2, 60)
+        until_sync(lambda: len(children(orchestrator.pid)) == 2, 60)
         hosts = children(orchestrator.pid)
     finally:
         orchestrator.kill()  # SIGKILL: no cleanup runs
         orchestrator.wait(10)
-    await until(lambda: not [pid for pid in hosts if alive(pid)], 30)
+    until_sync(lambda: not [pid for pid in hosts if alive(pid)], 30)
