@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .containment import describe
+from .wire.codes import unimportable_base
 
 __all__ = ["DiscoveryError", "ImportFailure", "discover_class", "submission_modules",
            "unload_submission"]
@@ -88,16 +89,15 @@ def _import_base(class_name: str) -> type:
         module = importlib.import_module(module_name)
     except BaseException as exc:  # user code may raise anything: SystemExit, KeyboardInterrupt
         raise DiscoveryError(
-            f"base class {class_name!r} is not importable: module {module_name!r} failed with "
-            f"{describe(exc)}; install the Crunch's package or ship the module "
-            "in the submission",
+            unimportable_base(class_name, f"module {module_name!r} failed with "
+                              f"{describe(exc)}; install the Crunch's package or ship the "
+                              "module in the submission"),
             base_importable=False,
         ) from None
     base = getattr(module, attr, None)
     if not isinstance(base, type):
         raise DiscoveryError(
-            f"base class {class_name!r} is not importable: module {module_name!r} has no "
-            f"class {attr!r}",
+            unimportable_base(class_name, f"module {module_name!r} has no class {attr!r}"),
             base_importable=False,
         )
     return base

@@ -44,6 +44,7 @@ from .wire import (
     encode_variant_value,
 )
 from .wire import Variant as VariantMessage
+from .wire.codes import missing_method
 from .wire.pb2.dynamic_subclass_pb2 import CallRequest, SetupRequest
 
 __all__ = ["DynamicSubclassService"]
@@ -406,7 +407,7 @@ class _Method:
         if attribute is _MISSING:
             return cls(cls_name, name, _Outcome(
                 StatusCode.BAD_IMPLEMENTATION,
-                f"{cls_name} has no method {name!r}; implement it as the base class declares"))
+                missing_method(cls_name, name)))
         if not _is_method_like(attribute):
             return cls(cls_name, name, _Outcome(
                 StatusCode.BAD_IMPLEMENTATION,

@@ -25,10 +25,11 @@ from typing import Any, Self, TypeVarTuple, Unpack
 
 import anyio
 
+from .blame import Mistake, attribute
 from .connection import ModelConnection
 from .encoding import ArgumentError, ResultDecoder, encode_call, encode_setup
 from .events import EventCallback, EventHub, FailureReport, ModelEvent, iterate
-from .fanout import Fanout, Job, Kind
+from .fanout import Fanout, Job
 from .models import ModelEndpoint
 from .orchestrator import OrchestratorLink
 from .registry import Registry, Slot, UnknownModelError
@@ -144,6 +145,8 @@ class ModelRunnerClient:
         self._runner: asyncio.Task[None] | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
+        #: The coordinator mistakes already logged at ERROR (blame.py).
+        self._mistakes_logged: set[str] = set()
         self._registry = Registry(
             setup_payload=self._setup_payload, setup_timeout=setup_timeout,
             connect_attempts=connect_attempts, probe_timeout=min(max(timeout, 1.0), 5.0),
@@ -440,18 +443,28 @@ class ModelRunnerClient:
                 sent.append((index, slot))
 
         outcomes = await self._fanout.run(jobs, deadline, decoder) if jobs else []
-        # Every model unreachable at once is the coordinator's network, not the models' fault.
-        blame = len(outcomes) < 2 or any(o.kind is not Kind.UNREACHABLE for o in outcomes)
-        if not blame and not self._closed:  # (closing ends every call: no news)
-            logger.warning("all %d models were unreachable in this call: the coordinator's "
-                           "network is likely down; not counting it against the models",
-                           len(outcomes))
+        outcomes, blame, mistake = attribute(method, outcomes)
+        if mistake is not None and not self._closed:  # (closing ends every call: no news)
+            self._log_mistake(mistake)
         for (index, slot), outcome in zip(sent, outcomes, strict=True):
             results[index] = CallResult.make(slot.endpoint, outcome.status, outcome.output,
                                              outcome.latency_us, outcome.detail)
             if blame:
                 self._registry.apply_policy(slot, method, outcome)
         return CallResults([r for r in results if r is not None])
+
+    def _log_mistake(self, mistake: Mistake) -> None:
+        """The coordinator's likely mistake: at ERROR the first time, then at DEBUG (a network
+        outage is a WARNING each time: it comes and goes)."""
+        if mistake.key == "unreachable":
+            logger.warning("%s", mistake.message)
+            return
+        if mistake.key in self._mistakes_logged:
+            logger.debug("%s", mistake.message)
+            return
+        if len(self._mistakes_logged) < 1024:
+            self._mistakes_logged.add(mistake.key)
+        logger.error("%s", mistake.message)
 
     def _require_started(self) -> None:
         if not self._started:

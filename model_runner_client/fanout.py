@@ -39,8 +39,10 @@ from typing import Any, NamedTuple
 
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from h2.exceptions import ProtocolError as H2ProtocolError
 
-from model_runner.wire import CALL_PATH, StatusCode, VariantError
+from model_runner.wire import CALL_PATH, MissingExtra, StatusCode, VariantError
+from model_runner.wire.codes import names_missing_method
 from model_runner.wire.lean import parse_call_response
 
 from .connection import ModelConnection, ResponseTooLarge
@@ -73,12 +75,22 @@ class Kind(Enum):
     REFUSED = "refused"
     #: The host failed the identity check of the security mode: it is not the cruncher's.
     UNTRUSTED = "untrusted"
+    #: The model has no such method: its fault, unless no model that answered has it
+    #: (blame.py: then the coordinator's method name is wrong).
+    MISSING_METHOD = "missing method"
+    #: The coordinator's side: a method no model has, an answer this client cannot decode for
+    #: lack of an optional package. Never counted against a model.
+    COORDINATOR = "coordinator's mistake"
+    #: A bug of ours (logged with its traceback). Never counted against a model.
+    CLIENT_BUG = "client bug"
 
 
 #: The status a coordinator sees for each way a call can end.
 _STATUS_OF = {Kind.SUCCESS: CallStatus.SUCCESS, Kind.MODEL_FAILURE: CallStatus.FAILURE,
               Kind.NEEDS_SETUP: CallStatus.FAILURE, Kind.REFUSED: CallStatus.FAILURE,
-              Kind.UNTRUSTED: CallStatus.FAILURE, Kind.TIMEOUT: CallStatus.TIMEOUT,
+              Kind.UNTRUSTED: CallStatus.FAILURE, Kind.MISSING_METHOD: CallStatus.FAILURE,
+              Kind.COORDINATOR: CallStatus.FAILURE, Kind.CLIENT_BUG: CallStatus.FAILURE,
+              Kind.TIMEOUT: CallStatus.TIMEOUT,
               Kind.UNREACHABLE: CallStatus.TIMEOUT, Kind.NOT_SENT: CallStatus.TIMEOUT}
 
 
@@ -248,23 +260,27 @@ def _outcome_of_error(job: Job, exc: BaseException, latency: int) -> Outcome:
     if isinstance(exc, ssl.SSLError):
         return Outcome(Kind.REFUSED, latency_us=latency,
                        detail=f"TLS failed: {exc}; check the client's TLS settings")
-    if isinstance(exc, OSError | StreamTerminatedError | ProtocolError):
+    if isinstance(exc, OSError | EOFError | StreamTerminatedError | ProtocolError
+                  | H2ProtocolError):
         return Outcome(Kind.UNREACHABLE, latency_us=latency,
                        detail=f"unreachable: {type(exc).__name__}: {exc}")
-    # grpclib raises odd errors on a connection closed under a call (e.g. when the model was
-    # replaced mid-call); nothing a transport does escapes `call`.
-    logger.debug("call to %s ended by %r", job.connection.endpoint, exc)
-    return Outcome(Kind.UNREACHABLE, latency_us=latency,
-                   detail=f"connection lost: {type(exc).__name__}: {exc}")
+    # Anything else is a bug of ours (it once counted as an unreachable model, logged at DEBUG,
+    # and ended in a CONNECTION_FAILED report): never the model's.
+    logger.error("bug: the call to %s raised %s", job.connection.endpoint, type(exc).__name__,
+                 exc_info=exc)
+    return Outcome(Kind.CLIENT_BUG, latency_us=latency,
+                   detail=f"not counted: a bug in model-runner-client ({type(exc).__name__}: "
+                          f"{exc}); please report it")
 
 
 def _read(job: Job, raw: bytes, latency: int, decoder: ResultDecoder) -> Outcome:
     try:
         return read_answer(raw, latency, decoder)
     except Exception as exc:  # a bug of ours must not fail the whole call
-        logger.exception("could not read the answer of %s", job.connection.endpoint)
-        return Outcome(Kind.MODEL_FAILURE, latency_us=latency,
-                       detail=f"could not read the answer: {exc!r}")
+        logger.exception("bug: could not read the answer of %s", job.connection.endpoint)
+        return Outcome(Kind.CLIENT_BUG, latency_us=latency,
+                       detail=f"not counted: a bug in model-runner-client reading the answer "
+                              f"({exc!r}); please report it")
 
 
 _gc_pauses = 0
@@ -295,12 +311,21 @@ def read_answer(raw: bytes, latency_us: int, decoder: ResultDecoder) -> Outcome:
                        detail=f"unreadable response: {exc}")
     # Older hosts send no Status on success; their errors arrive as gRPC statuses instead.
     if answer.code and answer.code != StatusCode.SUCCESS:
-        kind = Kind.NEEDS_SETUP if answer.code == StatusCode.FAILED_PRECONDITION \
-            else Kind.MODEL_FAILURE
+        if answer.code == StatusCode.FAILED_PRECONDITION:
+            kind = Kind.NEEDS_SETUP
+        elif answer.code == StatusCode.BAD_IMPLEMENTATION and \
+                names_missing_method(answer.message):
+            kind = Kind.MISSING_METHOD
+        else:
+            kind = Kind.MODEL_FAILURE
         return Outcome(kind, latency_us=latency_us,
                        detail=f"{answer.code or 'no status'}: {answer.message}")
     try:
         output = decoder(answer.variant_type, answer.value)
+    except MissingExtra as exc:
+        return Outcome(Kind.COORDINATOR, latency_us=latency_us,
+                       detail=f"not counted: the model answered, but this client cannot read "
+                              f"the answer: {exc}")
     except VariantError as exc:
         return Outcome(Kind.MODEL_FAILURE, latency_us=latency_us,
                        detail=f"unreadable result: {exc}")

@@ -32,6 +32,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_pb2 import HealthCheckResponse
 
 from model_runner.wire import SERVICE_NAME, StatusCode
+from model_runner.wire.codes import names_unimportable_base
 
 from .connection import ModelConnection
 from .events import EventKind, FailureReport, ModelEvent
@@ -184,6 +185,10 @@ class Registry:
         self._ever_held: set[str] = set()
         self._reported: set[tuple[str, str]] = set()
         self._setups = anyio.Semaphore(MAX_CONCURRENT_SETUPS)
+        #: Whether any host has imported the base class (then a host that cannot, can't by the
+        #: submission's fault); until then, those that cannot wait here, unreported.
+        self._base_imported = False
+        self._unimportable: dict[tuple[str, str], tuple[ModelEndpoint, str]] = {}
         #: The source has delivered its first complete list (the orchestrator's `init`).
         self.is_listed = False
         self._fd_warned = False
@@ -377,6 +382,7 @@ class Registry:
                 slot.connection.reconnect()
                 continue
             if code in (StatusCode.SUCCESS, ""):  # older hosts answer success with no Status
+                self._base_found()
                 if slot.state is SlotState.SETTING_UP:
                     slot.state = SlotState.READY
                     self._changed()
@@ -387,13 +393,40 @@ class Registry:
                         event = ModelEvent(EventKind.JOINED, endpoint)
                     self._emit(event)
                 return
-            if code in (StatusCode.BAD_IMPLEMENTATION, StatusCode.SETUP_FAILED):
+            if (code == StatusCode.BAD_IMPLEMENTATION and not self._base_imported
+                    and names_unimportable_base(message)):
+                self._base_not_found(slot, message)
+            elif code in (StatusCode.BAD_IMPLEMENTATION, StatusCode.SETUP_FAILED):
                 self._drop(slot, f"Setup answered {code}: {message}", "BAD_IMPLEMENTATION")
             else:  # INVALID_ARGUMENT and the like: the coordinator's mistake, not the model's
                 logger.error("Setup of %s answered %s: %s; check base_classname and the "
                              "instance arguments", endpoint, code or "no status", message)
                 self._drop(slot, f"Setup answered {code}: {message}")
             return
+
+    def _base_not_found(self, slot: Slot, message: str) -> None:
+        """A host cannot import the base class and none has yet: most likely the coordinator's
+        base_classname (it once got every model reported BAD_IMPLEMENTATION). The model is
+        dropped unreported; if another host imports it later, it is reported then."""
+        if not self._unimportable:
+            logger.error("no model host could import the base class so far: %s. Check "
+                         "base_classname (the Crunch package's dotted path, e.g. "
+                         "'starter_challenge.tracker.TrackerBase'); nothing is reported",
+                         message)
+        endpoint = slot.endpoint
+        if len(self._unimportable) < _DEPARTED_KEPT:
+            self._unimportable[(endpoint.model_id, endpoint.deployment_id)] = (
+                endpoint, f"Setup answered BAD_IMPLEMENTATION: {message}")
+        self._drop(slot, f"not counted: no host could import the base class: {message}")
+
+    def _base_found(self) -> None:
+        if self._base_imported:
+            return
+        self._base_imported = True
+        deferred, self._unimportable = self._unimportable, {}
+        for endpoint, reason in deferred.values():  # other hosts import it: the submission's
+            self._report(endpoint, "BAD_IMPLEMENTATION",
+                         f"{reason} (other model hosts import it)")
 
     async def _probe(self, slot: Slot) -> None:
         """After a timeout: is the host still there and still holding the model?"""
@@ -438,12 +471,12 @@ class Registry:
         verdict: str | None = None
         if kind is Kind.SUCCESS:
             streaks.success(method)
-        elif kind in (Kind.MODEL_FAILURE, Kind.NEEDS_SETUP):
+        elif kind in (Kind.MODEL_FAILURE, Kind.NEEDS_SETUP, Kind.MISSING_METHOD):
             verdict = streaks.failure(method)
             if kind is Kind.NEEDS_SETUP and verdict is None:
                 slot.request(Check.SETUP)  # the host restarted and lost the instance
-        elif kind is Kind.REFUSED:
-            pass  # our credentials: not the model's fault
+        elif kind in (Kind.REFUSED, Kind.COORDINATOR, Kind.CLIENT_BUG):
+            pass  # our credentials, the coordinator's call, our bug: not the model's fault
         elif kind is Kind.UNTRUSTED:
             verdict = "CONNECTION_FAILED"  # never call a host that is not the cruncher's
         elif kind in (Kind.TIMEOUT, Kind.UNREACHABLE):

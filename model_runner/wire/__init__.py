@@ -12,6 +12,7 @@ from .generated.dynamic_subclass import (
 )
 from .generated.google.protobuf import Empty
 from .variant import (
+    MissingExtra,
     VariantError,
     decode_value,
     decode_variant,
@@ -27,6 +28,7 @@ __all__ = [
     "DynamicSubclassServiceStub",
     "Empty",
     "KwArgument",
+    "MissingExtra",
     "RestResponse",
     "SetupRequest",
     "SetupResponse",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["StatusCode"]
+__all__ = ["StatusCode", "missing_method", "names_missing_method", "names_unimportable_base",
+           "unimportable_base"]
 
 
 class StatusCode(StrEnum):
@@ -20,3 +21,29 @@ class StatusCode(StrEnum):
     #: The method raised, or its result could not be encoded.
     MODEL_FAILED = "MODEL_FAILED"
     UNKNOWN = "UNKNOWN"
+
+
+# Two failures whose cause may be the coordinator's rather than the model's: the host says them
+# in these words (inside a BAD_IMPLEMENTATION status), so that a client can tell when every
+# model fails the same way (model_runner_client/blame.py).
+
+_NO_METHOD = " has no method "
+_UNIMPORTABLE = " is not importable"
+_NOT_DOTTED = " is not a full dotted path"
+
+
+def missing_method(cls_name: str, name: str) -> str:
+    return f"{cls_name}{_NO_METHOD}{name!r}; implement it as the base class declares"
+
+
+def names_missing_method(message: str) -> bool:
+    return _NO_METHOD in message
+
+
+def unimportable_base(class_name: str, why: str) -> str:
+    return f"base class {class_name!r}{_UNIMPORTABLE}: {why}"
+
+
+def names_unimportable_base(message: str) -> bool:
+    return message.startswith("base class ") and (_UNIMPORTABLE in message
+                                                   or _NOT_DOTTED in message)

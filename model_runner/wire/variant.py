@@ -23,7 +23,8 @@ import msgspec
 
 from .generated.commons import Variant, VariantType
 
-__all__ = ["INT64_MAX", "INT64_MIN", "VariantError", "decode_value", "decode_variant",
+__all__ = ["INT64_MAX", "INT64_MIN", "MissingExtra", "VariantError", "decode_value",
+           "decode_variant",
            "encode_value", "encode_variant_value"]
 
 INT64_MIN = -(2**63)
@@ -36,6 +37,11 @@ _DATAFRAMES_HINT = "install the dataframes extra: pip install 'model-runner[data
 
 class VariantError(ValueError):
     """A value that cannot be encoded, or bytes that do not decode as their declared type."""
+
+
+class MissingExtra(VariantError):
+    """A value this installation cannot decode for lack of an optional package (the
+    `dataframes` extra): the reader's setup, not the sender's fault."""
 
 
 # --- encoding ----------------------------------------------------------------------------------
@@ -278,7 +284,7 @@ def _decode_parquet(data: bytes) -> Any:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise VariantError(
+        raise MissingExtra(
             f"decoding a PARQUET value needs pyarrow and pandas: {_DATAFRAMES_HINT}") from None
     try:
         table = pq.read_table(pa.BufferReader(data))
@@ -287,14 +293,14 @@ def _decode_parquet(data: bytes) -> Any:
     try:
         return table.to_pandas()
     except ImportError:
-        raise VariantError(f"decoding a PARQUET value needs pandas: {_DATAFRAMES_HINT}") from None
+        raise MissingExtra(f"decoding a PARQUET value needs pandas: {_DATAFRAMES_HINT}") from None
 
 
 def _decode_arrow(data: bytes) -> Any:
     try:
         import pyarrow as pa
     except ImportError:
-        raise VariantError(f"decoding an ARROW value needs pyarrow: {_DATAFRAMES_HINT}") from None
+        raise MissingExtra(f"decoding an ARROW value needs pyarrow: {_DATAFRAMES_HINT}") from None
     try:
         with pa.ipc.open_stream(pa.BufferReader(data)) as reader:
             return reader.read_all()

@@ -41,6 +41,10 @@ class Toolbox(TrackerBase):
     def echo(self, *args, **kwargs):
         return {"args": list(args), "kwargs": kwargs}
 
+    def frame(self):
+        import pandas
+        return pandas.DataFrame({"a": [1, 2]})
+
     def first(self, value):
         return value
 
