@@ -8,10 +8,11 @@ ends as an Outcome. At most max_concurrent_calls are in flight at once.
 A model's verdict is fixed when its answer arrives: an answer received before the deadline is
 never a TIMEOUT, however long it takes to read. Answers up to INLINE_BYTES are read on arrival;
 larger ones once every call is settled, so reading them never delays another model's answer
-(a 16 MB JSON answer read on arrival held the loop 2-4 s and made honest models time out). The
-cost of that late reading is bounded by the answer limit (the client's
-max_receive_message_length, 4 MiB by default): ~30 ms per MiB for the costliest JSON shape
-(nested small lists), ~4 ms per MiB for flat numbers, measured here with the cyclic GC paused.
+(a 16 MB JSON answer read on arrival held the loop 2-4 s and made honest models time out).
+Those are not decoded here: each gets a cheap check (JSON scanned without building objects,
+~1.5 ms per MiB) while the tick's budget lasts (LATE_READING), and its value is decoded when the
+coordinator reads CallResult.output. Decoding them all here made 100 models answering ~4 MiB
+of nested JSON add ~8 s to a 1 s tick (benchmarks/heavy_answers.py).
 
 This is the one place that uses asyncio primitives instead of anyio's, for measured reasons.
 A transport that can start a call at once (ngh2, once connected) hands back the stream's future,
@@ -44,10 +45,11 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 from model_runner.wire import CALL_PATH, MissingExtra, StatusCode, VariantError
 from model_runner.wire.codes import names_missing_method
 from model_runner.wire.lean import parse_call_response
+from model_runner.wire.variant import check_value
 
 from .connection import ModelConnection, ResponseTooLarge
 from .encoding import ResultDecoder
-from .results import CallStatus
+from .results import CallStatus, DeferredOutput
 from .transport_security import UntrustedHost
 
 __all__ = ["INLINE_BYTES", "Fanout", "Job", "Kind", "Outcome"]
@@ -56,6 +58,10 @@ logger = logging.getLogger(__name__)
 
 #: Answers up to this size are read as they arrive (~7 ms at worst); larger ones afterwards.
 INLINE_BYTES = 256 * 1024
+#: Large answers are checked until this many timeouts from the call's start; past it, their
+#: verdict is the host's status (a call returns within ~1.2x its timeout whatever the answers
+#: weigh: benchmarks/README.md).
+LATE_READING = 1.2
 #: Whether the cyclic GC is paused while the calls of a fan-out run.
 PAUSE_GC = True
 
@@ -141,7 +147,8 @@ class Fanout:
         sent_at = [0] * count
         #: Large answers received in time: (index, bytes, latency), read after the calls.
         received: list[tuple[int, bytes, int]] = []
-        deadline = time.monotonic() + timeout
+        started_at = time.monotonic()
+        deadline = started_at + timeout
         loop = asyncio.get_running_loop()
         all_settled = loop.create_future()
         waiting = collections.deque(range(count))
@@ -224,11 +231,15 @@ class Fanout:
                     jobs[index].connection.transport.abandon(started)  # RST_STREAM CANCEL
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+        # Large answers: their verdict from a cheap check (JSON scanned, not decoded) while the
+        # budget lasts, then from the host's status alone; every value is decoded only when the
+        # coordinator reads it (CallResult.output). Decoding here made 100 models answering
+        # ~4 MiB of nested JSON add ~12 s to a 1 s tick.
+        budget_end = started_at + timeout * LATE_READING
         for index, raw, latency in received:
-            # One at a time, yielding in between (health probes, the orchestrator link).
-            with _gc_paused():  # a million small containers: 3x faster without GC passes
-                outcomes[index] = _read(jobs[index], raw, latency, decoder)
-            await asyncio.sleep(0)
+            check = time.monotonic() < budget_end
+            outcomes[index] = _read(jobs[index], raw, latency, decoder, defer=True, check=check)
+            await asyncio.sleep(0)  # one at a time: health probes, the orchestrator link
         results: list[Outcome] = []
         for index, outcome in enumerate(outcomes):
             if outcome is None:
@@ -273,9 +284,10 @@ def _outcome_of_error(job: Job, exc: BaseException, latency: int) -> Outcome:
                           f"{exc}); please report it")
 
 
-def _read(job: Job, raw: bytes, latency: int, decoder: ResultDecoder) -> Outcome:
+def _read(job: Job, raw: bytes, latency: int, decoder: ResultDecoder, *, defer: bool = False,
+          check: bool = True) -> Outcome:
     try:
-        return read_answer(raw, latency, decoder)
+        return read_answer(raw, latency, decoder, defer=defer, check=check)
     except Exception as exc:  # a bug of ours must not fail the whole call
         logger.exception("bug: could not read the answer of %s", job.connection.endpoint)
         return Outcome(Kind.CLIENT_BUG, latency_us=latency,
@@ -303,7 +315,10 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def read_answer(raw: bytes, latency_us: int, decoder: ResultDecoder) -> Outcome:
+def read_answer(raw: bytes, latency_us: int, decoder: ResultDecoder, *, defer: bool = False,
+                check: bool = True) -> Outcome:
+    """The outcome of an answer. With `defer`, the value is left for CallResult.output to
+    decode, after a cheap check (`check`) or none."""
     try:
         answer = parse_call_response(raw)
     except ValueError as exc:
@@ -321,7 +336,12 @@ def read_answer(raw: bytes, latency_us: int, decoder: ResultDecoder) -> Outcome:
         return Outcome(kind, latency_us=latency_us,
                        detail=f"{answer.code or 'no status'}: {answer.message}")
     try:
-        output = decoder(answer.variant_type, answer.value)
+        if defer:
+            if check and answer.variant_type is not None:
+                check_value(answer.variant_type, answer.value)
+            output: object = DeferredOutput(decoder, answer.variant_type, answer.value)
+        else:
+            output = decoder(answer.variant_type, answer.value)
     except MissingExtra as exc:
         return Outcome(Kind.COORDINATOR, latency_us=latency_us,
                        detail=f"not counted: the model answered, but this client cannot read "

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, overload
 
 from .models import ModelEndpoint
 
-__all__ = ["CallResult", "CallResults", "CallStatus"]
+__all__ = ["CallResult", "CallResults", "CallStatus", "DeferredOutput"]
 
 
 class CallStatus(StrEnum):
@@ -20,12 +20,29 @@ class CallStatus(StrEnum):
     TIMEOUT = "TIMEOUT"
 
 
-@dataclass(frozen=True, slots=True)
+class DeferredOutput:
+    """A large answer received in time and checked, decoded when first read (`decode` raises
+    ValueError for a value that does not match `returns=`)."""
+
+    __slots__ = ("_decode", "_type", "_value")
+
+    def __init__(self, decode: Callable[[int | None, bytes], Any], variant_type: int | None,
+                 value: bytes) -> None:
+        self._decode, self._type, self._value = decode, variant_type, value
+
+    def resolve(self) -> Any:
+        return self._decode(self._type, self._value)
+
+
+_UNREAD = object()
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class CallResult:
     model_id: str
     status: CallStatus
-    #: The decoded result (None unless SUCCESS).
-    output: Any
+    #: The result, or a DeferredOutput (read through `output`).
+    raw_output: Any
     #: Microseconds from sending the request to receiving the answer (0 when not sent).
     latency_us: int
     #: Which case it was, e.g. "MODEL_FAILED: ValueError: ..." or "skipped while cooling down".
@@ -35,11 +52,32 @@ class CallResult:
     cruncher_id: str
     deployment_id: str
     #: The model as the client held it when called (address, infos).
-    endpoint: ModelEndpoint = field(repr=False, compare=False)
+    endpoint: ModelEndpoint = field(compare=False)
+    _decoded: Any = field(default=_UNREAD, compare=False)
+
+    @property
+    def output(self) -> Any:
+        """The decoded result (None unless SUCCESS). An answer over 256 KiB is decoded here,
+        the first time it is read (the call only checked it): a tick's length never depends on
+        what the answers weigh. Raises ValueError if it does not match `returns=`."""
+        raw = self.raw_output
+        if not isinstance(raw, DeferredOutput):
+            return raw
+        if self._decoded is _UNREAD:
+            object.__setattr__(self, "_decoded", raw.resolve())
+        return self._decoded
 
     @property
     def ok(self) -> bool:
         return self.status is CallStatus.SUCCESS
+
+    def __repr__(self) -> str:
+        output = "<not read yet>" if isinstance(self.raw_output, DeferredOutput) and \
+            self._decoded is _UNREAD else repr(self.output)
+        return (f"CallResult(model_id={self.model_id!r}, status={self.status!r}, "
+                f"output={output}, latency_us={self.latency_us}, detail={self.detail!r}, "
+                f"model_name={self.model_name!r}, cruncher_name={self.cruncher_name!r}, "
+                f"cruncher_id={self.cruncher_id!r}, deployment_id={self.deployment_id!r})")
 
     @classmethod
     def make(cls, model: ModelEndpoint, status: CallStatus, output: Any = None,

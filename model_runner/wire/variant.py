@@ -23,8 +23,8 @@ import msgspec
 
 from .generated.commons import Variant, VariantType
 
-__all__ = ["INT64_MAX", "INT64_MIN", "MissingExtra", "VariantError", "decode_value",
-           "decode_variant",
+__all__ = ["INT64_MAX", "INT64_MIN", "MissingExtra", "VariantError", "check_value",
+           "decode_value", "decode_variant",
            "encode_value", "encode_variant_value"]
 
 INT64_MIN = -(2**63)
@@ -270,6 +270,28 @@ def decode_json(data: bytes) -> Any:
 
 def _json_constant(token: str) -> float:
     return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[token]
+
+
+def check_value(type_: int, data: bytes) -> None:
+    """Whether `data` would decode as `type_`, at a fraction of the cost of decoding it: JSON is
+    scanned without building objects (msgspec: ~1.5 ms per MiB against ~40 for decoding the
+    costliest shape), PARQUET and ARROW by their framing. Raises VariantError as decoding would
+    (decoding may still find a PARQUET or ARROW body corrupt)."""
+    if type_ == VariantType.JSON:
+        try:
+            msgspec.json.decode(data, type=msgspec.Raw)
+        except RecursionError:
+            raise VariantError("JSON is nested too deeply to decode; flatten the value") from None
+        except msgspec.DecodeError:
+            decode_json(data)  # NaN/Infinity tokens pass there; anything else raises
+    elif type_ == VariantType.PARQUET:
+        if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+            raise VariantError("invalid PARQUET bytes: not framed by the PAR1 magic")
+    elif type_ == VariantType.ARROW:
+        if len(data) < 8:
+            raise VariantError("invalid ARROW IPC stream bytes: too short")
+    else:
+        decode_value(type_, data)
 
 
 def decode_variant(variant: Variant | None) -> Any:
