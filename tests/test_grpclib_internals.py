@@ -71,3 +71,21 @@ async def test_host_reads_its_bound_port_and_raw_stream() -> None:
         assert isinstance(host._overall, ServiceStatus)
     finally:
         await host.drain(0)
+
+
+async def test_a_call_on_a_connection_closed_under_it_is_a_connection_error(
+        good_host: HostProcess) -> None:
+    """grpclib's Connection.close() deletes `_transport`: a stream opened on it afterwards
+    raised AttributeError, which the client took for a bug of its own."""
+    from model_runner.wire import CALL_PATH
+    from model_runner_client.transport_security import ConnectionSecurity
+
+    transport = GrpclibTransport(ModelEndpoint("good", "127.0.0.1", good_host.port, "d"),
+                                 ConnectionSecurity(), 1 << 20)
+    try:
+        await transport.unary(CALL_PATH, b"", None)  # connects (the answer does not matter)
+        transport._channel._protocol.connection.close()  # as a reconnect does, mid-flight
+        with pytest.raises(ConnectionResetError, match="closed under the call"):
+            await transport.unary(CALL_PATH, b"", None)
+    finally:
+        transport.close()

@@ -75,6 +75,17 @@ class GrpclibTransport:
         timeout = None if deadline is None else Deadline.from_timeout(deadline - time.monotonic())
         stream = self._channel.request(path, Cardinality.UNARY_UNARY, bytes, bytes,
                                        deadline=timeout, metadata=self.security.metadata())
+        try:
+            return await self._exchange(stream, payload, check_peer)
+        except AttributeError as exc:
+            # grpclib's Connection.close() deletes its `_transport`: a call that opens a stream
+            # on a connection closed meanwhile (a reconnect, a redeploy) fails so.
+            if "_transport" not in str(exc):
+                raise
+            raise ConnectionResetError("the connection closed under the call") from exc
+
+    async def _exchange(self, stream: Stream[bytes, bytes], payload: bytes,
+                        check_peer: bool) -> bytes:
         async with stream:
             await stream.send_message(payload, end=True)
             if check_peer and self.security.check_peer is not None:
