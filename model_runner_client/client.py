@@ -38,6 +38,7 @@ from .security import GatewayCredentials, SecureCredentials
 from .sources import ModelSource, StaticModels
 from .transport_security import Security
 from .transports import TRANSPORTS, TransportName
+from .transports.call import frame
 
 __all__ = ["ModelRunnerClient", "UnknownModelError"]
 
@@ -411,12 +412,15 @@ class ModelRunnerClient:
         decoder = ResultDecoder(returns)
 
         # Build every request first: a bad argument raises before anything is sent or counted.
+        # Shared arguments are framed once: the same bytes go to every model.
+        shared = frame(request) if isinstance(request, bytes) else None
         payloads: list[bytes | None] = []
         for _, slot in targets:
             if slot is None or not slot.callable:
                 payloads.append(None)
             else:
-                payloads.append(request if isinstance(request, bytes) else request(slot.endpoint))
+                payloads.append(shared if shared is not None or isinstance(request, bytes)
+                                else frame(request(slot.endpoint)))
 
         results: list[CallResult | None] = [None] * len(targets)
         jobs: list[Job] = []

@@ -14,7 +14,8 @@ from model_runner.wire import SETUP_PATH, SetupResponse
 
 from .models import ModelEndpoint
 from .transport_security import ConnectionSecurity
-from .transports import ResponseTooLarge, TransportName, make_transport
+from .transports import ResponseTooLarge, TransportName, make_transport, unary
+from .transports.call import frame
 
 __all__ = ["HEALTH_CHECK_PATH", "ModelConnection", "ResponseTooLarge"]
 
@@ -27,22 +28,22 @@ class ModelConnection:
         self.endpoint = endpoint
         self.transport = make_transport(transport, endpoint, security,
                                         max_receive_message_length)
-        self.unary = self.transport.unary
 
     async def setup(self, payload: bytes, timeout: float) -> tuple[str, str]:
         """Run Setup; returns (Status.code, Status.message)."""
-        raw = await self.unary(SETUP_PATH, payload, time.monotonic() + timeout)
+        raw = await unary(self.transport, SETUP_PATH, frame(payload),
+                          time.monotonic() + timeout)
         status = SetupResponse.parse(raw).status
         return (status.code, status.message) if status is not None else ("", "")
 
     async def health(self, service: str, timeout: float) -> int:
         """grpc.health.v1 Check: a HealthCheckResponse.ServingStatus value."""
-        raw = await self.unary(HEALTH_CHECK_PATH,
-                               HealthCheckRequest(service=service).SerializeToString(),
-                               time.monotonic() + timeout,
-                               # Hosts vouch for themselves on the model service; health is
-                               # open and model-runner-client never checked it either.
-                               check_peer=False)
+        raw = await unary(self.transport, HEALTH_CHECK_PATH,
+                          frame(HealthCheckRequest(service=service).SerializeToString()),
+                          time.monotonic() + timeout,
+                          # Hosts vouch for themselves on the model service; health is open
+                          # and model-runner-client never checked it either.
+                          check_peer=False)
         return int(HealthCheckResponse.FromString(raw).status)
 
     def reconnect(self) -> None:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
@@ -51,6 +51,7 @@ from .connection import ModelConnection, ResponseTooLarge
 from .encoding import ResultDecoder
 from .results import CallStatus, DeferredOutput
 from .transport_security import UntrustedHost
+from .transports import Started
 
 __all__ = ["INLINE_BYTES", "Fanout", "Job", "Kind", "Outcome"]
 
@@ -71,7 +72,8 @@ class Kind(Enum):
 
     SUCCESS = "success"
     MODEL_FAILURE = "model failure"
-    #: The host lost its model instance (FAILED_PRECONDITION): Setup must run again.
+    #: The host lost its model instance (FAILED_PRECONDITION: it restarted): Setup must run
+    #: again. Not answered, as when unreachable: the model did nothing wrong.
     NEEDS_SETUP = "needs setup"
     TIMEOUT = "timeout"
     UNREACHABLE = "unreachable"
@@ -93,7 +95,7 @@ class Kind(Enum):
 
 #: The status a coordinator sees for each way a call can end.
 _STATUS_OF = {Kind.SUCCESS: CallStatus.SUCCESS, Kind.MODEL_FAILURE: CallStatus.FAILURE,
-              Kind.NEEDS_SETUP: CallStatus.FAILURE, Kind.REFUSED: CallStatus.FAILURE,
+              Kind.NEEDS_SETUP: CallStatus.TIMEOUT, Kind.REFUSED: CallStatus.FAILURE,
               Kind.UNTRUSTED: CallStatus.FAILURE, Kind.MISSING_METHOD: CallStatus.FAILURE,
               Kind.COORDINATOR: CallStatus.FAILURE, Kind.CLIENT_BUG: CallStatus.FAILURE,
               Kind.TIMEOUT: CallStatus.TIMEOUT,
@@ -117,7 +119,9 @@ class Outcome(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Job:
     connection: ModelConnection
-    payload: bytes
+    #: The gRPC-framed CallRequest (transports.call.frame): the same bytes for every model
+    #: when the arguments are shared.
+    message: bytes
 
 
 # gRPC statuses that mean "did not answer in time" rather than "answered wrongly". Existing
@@ -136,11 +140,12 @@ class Fanout:
                   decoder: ResultDecoder) -> list[Outcome]:
         """Send every job's request and settle each within `timeout` seconds.
 
-        A transport that can start a call at once (ngh2, once connected) hands back the
-        stream's future, settled by its protocol: no task and no coroutine per call, ~30 µs of
-        CPU per call instead of ~50 (benchmarks/README.md). Other calls (connecting, grpclib)
-        run as tasks. At most max_concurrent_calls are in flight; each one that ends starts
-        the next.
+        Every transport starts a call at once and hands back its future, settled by its
+        protocol when the answer is complete: on an open ngh2 connection no task and no
+        coroutine per call, ~30 µs of CPU per call instead of ~50 (benchmarks/README.md); a
+        call that must wait to be sent (connecting, grpclib) has a sending task, which `run`
+        cancels and awaits if the deadline comes first. At most max_concurrent_calls are in
+        flight; each one that ends starts the next.
         """
         count = len(jobs)
         outcomes: list[Outcome | None] = [None] * count
@@ -149,10 +154,11 @@ class Fanout:
         received: list[tuple[int, bytes, int]] = []
         started_at = time.monotonic()
         deadline = started_at + timeout
+        deadline_ns = time.perf_counter_ns() + int(timeout * 1e9)
         loop = asyncio.get_running_loop()
         all_settled = loop.create_future()
         waiting = collections.deque(range(count))
-        in_flight: dict[int, Any] = {}  # index -> the transport's started call, or a Task
+        in_flight: dict[int, Started] = {}
         limit = self.max_concurrent_calls
 
         def launch() -> None:
@@ -161,52 +167,36 @@ class Fanout:
                 job = jobs[index]
                 sent = sent_at[index] = time.perf_counter_ns()
                 try:
-                    started = job.connection.transport.start(CALL_PATH, job.payload, deadline)
+                    started = job.connection.transport.start(CALL_PATH, job.message, deadline)
                 except Exception as exc:
                     outcomes[index] = _outcome_of_error(job, exc, _since(sent))
                     continue
-                if started is None:
-                    task = loop.create_task(job.connection.unary(CALL_PATH, job.payload,
-                                                                 deadline))
-                    task.add_done_callback(functools.partial(task_done, index))
-                    in_flight[index] = task
-                else:
-                    started.future.add_done_callback(functools.partial(call_done, index))
-                    in_flight[index] = started
+                started.future.add_done_callback(functools.partial(call_done, index))
+                in_flight[index] = started
             if not waiting and not in_flight and not all_settled.done():
                 all_settled.set_result(None)
 
         def call_done(index: int, _: object) -> None:
             started = in_flight.pop(index, None)
             if started is None:
-                return  # abandoned at the deadline
+                return  # settled at the deadline below
+            finish(index, started)
+            launch()
+
+        def finish(index: int, started: Started) -> None:
+            if started.arrived > deadline_ns:
+                return  # after the deadline: a TIMEOUT, however the loop ran
             job = jobs[index]
             latency = (started.arrived - sent_at[index]) // 1000
             try:
                 raw = job.connection.transport.finish(started)
             except Exception as exc:
                 outcomes[index] = _outcome_of_error(job, exc, latency)
-            else:
-                settle(index, raw, latency)
-            launch()
-
-        def task_done(index: int, task: asyncio.Task[bytes]) -> None:
-            if in_flight.pop(index, None) is None:
                 return
-            latency = _since(sent_at[index])
-            if task.cancelled():
-                pass  # ended by the deadline below: settled as a timeout
-            elif (exc := task.exception()) is not None:
-                outcomes[index] = _outcome_of_error(jobs[index], exc, latency)
-            else:
-                settle(index, task.result(), latency)
-            launch()
-
-        def settle(index: int, raw: bytes, latency: int) -> None:
             if len(raw) > INLINE_BYTES:
                 received.append((index, raw, latency))  # answered in time; read once all settle
             else:
-                outcomes[index] = _read(jobs[index], raw, latency, decoder)
+                outcomes[index] = _read(job, raw, latency, decoder)
 
         try:
             # The GC is paused while the calls run: they allocate many short-lived objects that
@@ -220,17 +210,20 @@ class Fanout:
         finally:  # the deadline, or `run` itself cancelled: nothing it started outlives it
             finished = time.perf_counter_ns()
             waiting.clear()
-            abandoned = list(in_flight.items())
+            pending = list(in_flight.items())
             in_flight.clear()
-            tasks = []
-            for index, started in abandoned:
-                if isinstance(started, asyncio.Task):
-                    started.cancel()
-                    tasks.append(started)
+            senders = []
+            for index, started in pending:
+                if started.future.done():
+                    # Settled by its protocol before the deadline; its callback had not run
+                    # yet (a busy loop): the answer counts, as it arrived in time.
+                    finish(index, started)
                 else:
                     jobs[index].connection.transport.abandon(started)  # RST_STREAM CANCEL
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+                if started.sender is not None and not started.sender.done():
+                    senders.append(started.sender)
+            if senders:
+                await asyncio.gather(*senders, return_exceptions=True)
         # Large answers: their verdict from a cheap check (JSON scanned, not decoded) while the
         # budget lasts, then from the host's status alone; every value is decoded only when the
         # coordinator reads it (CallResult.output). Decoding here made 100 models answering
@@ -327,8 +320,10 @@ def read_answer(raw: bytes, latency_us: int, decoder: ResultDecoder, *, defer: b
     # Older hosts send no Status on success; their errors arrive as gRPC statuses instead.
     if answer.code and answer.code != StatusCode.SUCCESS:
         if answer.code == StatusCode.FAILED_PRECONDITION:
-            kind = Kind.NEEDS_SETUP
-        elif answer.code == StatusCode.BAD_IMPLEMENTATION and \
+            return Outcome(Kind.NEEDS_SETUP, latency_us=latency_us,
+                           detail=f"not answered: the host has no model instance (it restarted; "
+                                  f"setting it up again): {answer.message}")
+        if answer.code == StatusCode.BAD_IMPLEMENTATION and \
                 names_missing_method(answer.message):
             kind = Kind.MISSING_METHOD
         else:

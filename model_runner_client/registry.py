@@ -471,10 +471,14 @@ class Registry:
         verdict: str | None = None
         if kind is Kind.SUCCESS:
             streaks.success(method)
-        elif kind in (Kind.MODEL_FAILURE, Kind.NEEDS_SETUP, Kind.MISSING_METHOD):
+        elif kind in (Kind.MODEL_FAILURE, Kind.MISSING_METHOD):
             verdict = streaks.failure(method)
-            if kind is Kind.NEEDS_SETUP and verdict is None:
-                slot.request(Check.SETUP)  # the host restarted and lost the instance
+        elif kind is Kind.NEEDS_SETUP:
+            # The host restarted and lost the instance: not answered, like a timeout (a host
+            # that keeps restarting is reported MULTIPLE_TIMEOUT in the end).
+            verdict = streaks.timeout()
+            if verdict is None:
+                slot.request(Check.SETUP)
         elif kind in (Kind.REFUSED, Kind.COORDINATOR, Kind.CLIENT_BUG):
             pass  # our credentials, the coordinator's call, our bug: not the model's fault
         elif kind is Kind.UNTRUSTED:

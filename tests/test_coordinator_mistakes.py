@@ -138,10 +138,9 @@ async def test_a_bug_of_ours_is_logged_and_never_counted(
                       reports) as coordinator:
         await coordinator.wait_for_models(2, timeout=20)
         with monkeypatch.context() as patch:
-            if transport == "ngh2":
-                patch.setattr(ngh2_transport.Ngh2Transport, "finish", broken)
-            else:
-                patch.setattr(grpclib_transport, "_recv_limited", broken)
+            transport_class = (ngh2_transport.Ngh2Transport if transport == "ngh2"
+                               else grpclib_transport.GrpclibTransport)
+            patch.setattr(transport_class, "finish", broken)
             for _ in range(4):
                 result = (await coordinator.call("predict", "BTC", 1, models=["good"]))[0]
                 assert result.status is CallStatus.FAILURE

@@ -79,13 +79,20 @@ async def test_a_call_on_a_connection_closed_under_it_is_a_connection_error(
     raised AttributeError, which the client took for a bug of its own."""
     from model_runner.wire import CALL_PATH
     from model_runner_client.transport_security import ConnectionSecurity
+    from model_runner_client.transports import unary
+    from model_runner_client.transports.call import frame
 
     transport = GrpclibTransport(ModelEndpoint("good", "127.0.0.1", good_host.port, "d"),
                                  ConnectionSecurity(), 1 << 20)
     try:
-        await transport.unary(CALL_PATH, b"", None)  # connects (the answer does not matter)
-        transport._channel._protocol.connection.close()  # as a reconnect does, mid-flight
-        with pytest.raises(ConnectionResetError, match="closed under the call"):
-            await transport.unary(CALL_PATH, b"", None)
+        await unary(transport, CALL_PATH, frame(b""), None)  # connects (any answer will do)
+        connection = transport._channel._protocol.connection
+        real = connection._transport
+        del connection._transport  # what Connection.close() leaves until connection_lost runs
+        try:
+            with pytest.raises(ConnectionResetError, match="closed under the call"):
+                await unary(transport, CALL_PATH, frame(b""), None)
+        finally:
+            real.close()
     finally:
         transport.close()

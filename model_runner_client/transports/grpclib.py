@@ -1,55 +1,190 @@
 """Unary gRPC calls over grpclib (pure-Python HTTP/2: h2, hpack, hyperframe).
 
-Selectable with `transport="grpclib"` while ngh2 is alpha. grpclib's private internals used by
-the client live here, each with its reason; tests/test_grpclib_internals.py fails when an
+Selectable with `transport="grpclib"` while ngh2 is alpha. The client uses grpclib's Channel to
+connect and its protocol Stream to send, and reads answers in its own events processor, so that
+a call is settled by the protocol the moment its answer is complete (`transports/call.py`), as
+on ngh2. Reading through grpclib's client Stream settled a call only when its task resumed: a
+host flooding the loop turned 18 of 30 honest verdicts into TIMEOUT; a GOAWAY ended the calls
+the host had answered; a grpc-status in the headers won over the trailers'; and a grpc-message
+that is not UTF-8 made asyncio log a traceback per call. grpclib's private internals used here
+live in this module, each with its reason; tests/test_grpclib_internals.py fails when an
 upgrade of grpclib or h2 breaks one of them (both are pinned).
 """
 
 from __future__ import annotations
 
-import struct
+import asyncio
 import time
 from asyncio import BaseTransport
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
-from grpclib.client import Channel, Handler, Stream
+from grpclib.client import Channel, Handler
 from grpclib.config import Configuration
-from grpclib.const import Cardinality
 from grpclib.const import Status as GrpcStatus
-from grpclib.exceptions import GRPCError, ProtocolError
-from grpclib.metadata import Deadline
-from grpclib.protocol import H2Protocol
-
-from model_runner.wire.codec import PassthroughCodec
+from grpclib.exceptions import GRPCError
+from grpclib.protocol import EventsProcessor, H2Protocol
+from h2.errors import ErrorCodes
 
 from ..models import ModelEndpoint
-from ..transport_security import ConnectionSecurity, peer_spki
-from . import ResponseTooLarge
+from ..transport_security import ConnectionSecurity
+from .call import Call, grpc_timeout, read_answer
 
 __all__ = ["CLOSED_STREAMS_KEPT", "GrpclibTransport"]
-
-_CODEC = PassthroughCodec()
 
 #: Closed-stream records each HTTP/2 connection keeps. h2 keeps 65,536 by default, ~170 bytes
 #: each: ~11 MB per model once a connection has made that many calls (a day of ticks), which is
 #: gigabytes for a thousand models. Late frames can only concern the last few unary calls.
 CLOSED_STREAMS_KEPT = 128
+#: PING and SETTINGS acks queued while the host does not read (nghttp2's max_outbound_ack).
+MAX_UNREAD_ACKS = 1000
+_USER_AGENT = "model-runner-client (grpclib)"
 
 
-class _BoundedProtocol(H2Protocol):
+class _GrpclibCall(Call):
+    """A call on a grpclib connection: its stream once opened, and the processor reading it."""
+
+    __slots__ = ("processor", "stream")
+
+    def __init__(self, limit: int, check_peer: bool = True) -> None:
+        super().__init__(limit, check_peer)
+        self.stream: Any = None
+        self.processor: _CallProcessor | None = None
+
+
+class _CallProcessor(EventsProcessor):
+    """grpclib's events processor, reading the answers of our calls: each stream's bytes are
+    taken (and their flow-control window returned) as they arrive, and its call settled when
+    its trailers do."""
+
+    def __init__(self, handler: Any, connection: Any, on_control: Callable[[], None]) -> None:
+        super().__init__(handler, connection)
+        #: Told of each PING or SETTINGS from the host (each needs an ack).
+        self.on_control = on_control
+        self.calls: dict[int, _GrpclibCall] = {}
+        self.releases: dict[int, Any] = {}
+        self.going_away = False
+
+    def adopt(self, call: _GrpclibCall, stream: Any, release: Any) -> None:
+        self.calls[stream.id] = call
+        self.releases[stream.id] = release
+        call.stream, call.processor = stream, self
+
+    def forget(self, stream_id: int) -> _GrpclibCall | None:
+        call = self.calls.pop(stream_id, None)
+        release = self.releases.pop(stream_id, None)
+        if release is not None:
+            release()
+        if self.going_away and not self.calls:
+            self.close("the host is going away (GOAWAY)")
+        return call
+
+    def fail(self, stream_id: int, error: BaseException) -> None:
+        call = self.forget(stream_id)
+        if call is not None:
+            if call.stream is not None and not self.connection.is_closing():
+                call.stream.reset_nowait(ErrorCodes.CANCEL)  # nothing more is wanted
+            call.fail(error)
+
+    def process_response_received(self, event: Any) -> None:
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            call.headers = event.headers
+            if event.stream_ended is not None:  # trailers-only: the status is in the headers
+                call.trailers = event.headers
+                self.forget(event.stream_id)
+                call.settle()
+
+    def process_data_received(self, event: Any) -> None:
+        self.connection.ack(event.stream_id, event.flow_controlled_length)
+        self.connection.data_received += len(event.data)
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            error = call.feed(event.data)
+            if error is not None:
+                self.fail(event.stream_id, error)
+
+    def process_trailers_received(self, event: Any) -> None:
+        call = self.calls.get(event.stream_id)
+        if call is not None:
+            call.trailers = event.headers
+            self.forget(event.stream_id)
+            call.settle()
+
+    def process_stream_ended(self, event: Any) -> None:
+        if event.stream_id in self.calls:  # data that ends the stream: no trailers, not gRPC
+            self.fail(event.stream_id, GRPCError(
+                GrpcStatus.INTERNAL, "the host ended its answer without gRPC trailers"))
+
+    def process_stream_reset(self, event: Any) -> None:
+        if event.stream_id in self.calls:
+            self.fail(event.stream_id, ConnectionResetError(
+                f"the host reset the stream ({_error_name(event.error_code)})"))
+
+    def process_connection_terminated(self, event: Any) -> None:
+        # New calls open a new connection; the calls the host took (up to its last stream id)
+        # still get their answers here, then the connection closes.
+        handler: Any = self.handler
+        handler.connection_lost = True  # grpclib's Channel reconnects on the next call
+        self.going_away = True
+        for stream_id in [s for s in self.calls if s > event.last_stream_id]:
+            self.fail(stream_id, ConnectionResetError(
+                f"the host is going away (GOAWAY {_error_name(event.error_code)}) and did not "
+                "process this call"))
+        if not self.calls:
+            self.close("the host is going away (GOAWAY)")
+
+    def process_ping_received(self, event: Any) -> None:
+        self.on_control()
+
+    def process_remote_settings_changed(self, event: Any) -> None:
+        super().process_remote_settings_changed(event)
+        self.on_control()
+
+    def close(self, reason: str = "Connection closed") -> None:
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            call.fail(ConnectionError(f"the connection ended: {reason}"))
+        if hasattr(self, "processors"):  # grpclib's close is not idempotent on its own
+            super().close(reason)
+
+
+class _Protocol(H2Protocol):
+    """grpclib's client protocol with our events processor, a bounded record of closed streams
+    and a bound on acks the host does not read."""
+
     def connection_made(self, transport: BaseTransport) -> None:
         super().connection_made(transport)
         # h2 offers no setting for this; its record of closed streams is a size-limited dict.
         closed: Any = self.connection._connection._closed_streams
         closed._size_limit = CLOSED_STREAMS_KEPT
+        self._unread_acks = 0
+        self.processor = _CallProcessor(self.handler, self.connection, self._count_unread_ack)
+
+    def _count_unread_ack(self) -> None:
+        if not self.connection.write_ready.is_set():  # paused: the host reads nothing
+            self._unread_acks += 1
+            if self._unread_acks > MAX_UNREAD_ACKS:
+                transport: Any = self.connection._transport
+                transport.abort()
+                self.processor.close(f"the host sent over {MAX_UNREAD_ACKS} PING/SETTINGS "
+                                     "frames and read none of the acks")
+
+    def resume_writing(self) -> None:
+        self._unread_acks = 0
+        super().resume_writing()
 
 
 class _Channel(Channel):
-    """A grpclib Channel whose HTTP/2 connection keeps a bounded record of closed streams."""
+    """A grpclib Channel whose connections are `_Protocol`s reading headers as bytes (a host's
+    bad bytes become a message, not an exception inside the protocol)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._h2_config.header_encoding = None
 
     def _protocol_factory(self) -> H2Protocol:
-        return _BoundedProtocol(Handler(), self._config, self._h2_config)
+        return _Protocol(Handler(), self._config, self._h2_config)
 
 
 class GrpclibTransport:
@@ -60,6 +195,11 @@ class GrpclibTransport:
         self.endpoint = endpoint
         self.security = security
         self.limit = max_receive_message_length
+        authority = security.server_name or endpoint.address
+        self._head = [(":method", "POST"), (":scheme", "https" if security.ssl else "http"),
+                      (":authority", authority)]
+        self._tail = [("content-type", "application/grpc"), ("te", "trailers"),
+                      ("user-agent", _USER_AGENT)]
         self._channel = self._new_channel()
 
     def _new_channel(self) -> Channel:
@@ -67,77 +207,75 @@ class GrpclibTransport:
         config = None
         if security.server_name is not None:
             config = Configuration(ssl_target_name_override=security.server_name)
-        return _Channel(self.endpoint.ip, self.endpoint.port, codec=_CODEC, ssl=security.ssl,
-                        config=config)
+        return _Channel(self.endpoint.ip, self.endpoint.port, ssl=security.ssl, config=config)
 
-    async def unary(self, path: str, payload: bytes, deadline: float | None, *,
-                    check_peer: bool = True) -> bytes:
-        timeout = None if deadline is None else Deadline.from_timeout(deadline - time.monotonic())
-        stream = self._channel.request(path, Cardinality.UNARY_UNARY, bytes, bytes,
-                                       deadline=timeout, metadata=self.security.metadata())
+    def start(self, path: str, message: bytes, deadline: float | None, *,
+              check_peer: bool = True) -> _GrpclibCall:
+        """Send the call from a task (grpclib sends with coroutines); the answer is read and the
+        call settled by the protocol."""
+        call = _GrpclibCall(self.limit, check_peer)
+        call.sender = asyncio.get_running_loop().create_task(
+            self._send(call, path, message, deadline))
+        return call
+
+    def finish(self, call: _GrpclibCall) -> bytes:
+        return read_answer(call, self.security)
+
+    def abandon(self, call: _GrpclibCall) -> None:
+        """The caller gives up (the deadline): RST_STREAM CANCEL, and the stream is forgotten."""
+        if call.sender is not None:
+            call.sender.cancel()
+        if call.processor is not None and call.stream is not None:
+            call.processor.fail(call.stream.id, TimeoutError("abandoned"))
+        call.fail(TimeoutError("abandoned"))
+
+    async def _send(self, call: _GrpclibCall, path: str, message: bytes,
+                    deadline: float | None) -> None:
         try:
-            return await self._exchange(stream, payload, check_peer)
+            protocol: Any = await self._channel.__connect__()
+            headers = [*self._head, (":path", path), *self._tail]
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("the deadline passed before the call was sent")
+                headers.append(("grpc-timeout", grpc_timeout(remaining).decode()))
+            metadata = self.security.metadata()
+            if metadata:
+                headers.extend(metadata.items())
+            processor: _CallProcessor = protocol.processor
+            stream = protocol.connection.create_stream()
+            release = await stream.send_request(headers, _processor=processor)
+            processor.adopt(call, stream, release)  # no await since it was registered
+            call.transport = protocol.connection._transport
+            await stream.send_data(message, end_stream=True)
+        except asyncio.CancelledError:
+            raise
         except AttributeError as exc:
             # grpclib's Connection.close() deletes its `_transport`: a call that opens a stream
             # on a connection closed meanwhile (a reconnect, a redeploy) fails so.
             if "_transport" not in str(exc):
-                raise
-            raise ConnectionResetError("the connection closed under the call") from exc
-
-    async def _exchange(self, stream: Stream[bytes, bytes], payload: bytes,
-                        check_peer: bool) -> bytes:
-        async with stream:
-            await stream.send_message(payload, end=True)
-            if check_peer and self.security.check_peer is not None:
-                await stream.recv_initial_metadata()
-                headers = cast(Mapping[str, str], stream.initial_metadata or {})
-                # grpclib's Peer offers the certificate only as a dict without its key; its
-                # transport has the DER form.
-                self.security.check_peer(headers, peer_spki(getattr(stream.peer, "_transport",
-                                                                    None)))
-            reply = await _recv_limited(stream, self.limit)
-        if reply is None:
-            raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
-        return reply
-
-    def start(self, path: str, payload: bytes, deadline: float | None) -> None:
-        """grpclib calls are coroutines: the fan-out runs them as tasks (`unary`)."""
-        return None
-
-    def finish(self, started: Any) -> bytes:
-        raise NotImplementedError("grpclib starts no call without a task")
-
-    def abandon(self, started: Any) -> None:
-        raise NotImplementedError("grpclib starts no call without a task")
+                call.fail(exc)
+            else:
+                call.fail(ConnectionResetError("the connection closed under the call"))
+        except Exception as exc:  # mapped by the caller, as any call's error
+            call.fail(exc)
 
     def reconnect(self) -> None:
-        """Drop the HTTP/2 connection; the next request opens a fresh one."""
+        """The next call opens a fresh connection; the calls on this one finish first."""
         old, self._channel = self._channel, self._new_channel()
-        old.close()
+        protocol: Any = old._protocol
+        processor = getattr(protocol, "processor", None)
+        if isinstance(processor, _CallProcessor) and processor.calls:
+            processor.going_away = True  # closes once its calls have ended
+        else:
+            old.close()
 
     def close(self) -> None:
         self._channel.close()
 
 
-async def _recv_limited(stream: Stream[bytes, bytes], limit: int) -> bytes | None:
-    """grpclib's `recv_message`, but refusing an answer from its length prefix when it is over
-    `limit`: grpclib has no size limit and would buffer whatever the prefix claims. Uses the
-    client stream's internals (grpclib is pinned to 0.4.x)."""
-    if not stream._recv_initial_metadata_done:
-        await stream.recv_initial_metadata()
-    with stream._wrapper:  # grpclib's deadline handling for this stream
-        prefix = await stream._stream.recv_data(5)
-        if not prefix:
-            return None
-        if len(prefix) < 5:
-            raise ProtocolError("the answer was cut short inside its length prefix")
-        compressed, length = struct.unpack(">?I", prefix)
-        if compressed:
-            raise ProtocolError("the answer is compressed, which is not supported")
-        if length > limit:
-            raise ResponseTooLarge(f"the answer is {length} bytes, over the client's "
-                                   f"max_receive_message_length of {limit} bytes")
-        data = await stream._stream.recv_data(length)
-        if len(data) != length:
-            raise ProtocolError(f"the answer was cut short: {len(data)} of {length} bytes")
-        return data
+def _error_name(code: int) -> str:
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return f"error {code}"

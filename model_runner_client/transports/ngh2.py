@@ -7,26 +7,26 @@ to the exceptions the rest of the client reads (see `transports/__init__.py`). I
 grpclib (pure-Python h2, hpack, hyperframe) and the grpcio client ~145 µs (benchmarks/README.md).
 
 One connection per model, opened on the first call and again after it is lost or the host sent
-GOAWAY. ngh2 queues streams beyond the host's MAX_CONCURRENT_STREAMS itself.
+GOAWAY; a connection the host sent GOAWAY on finishes the calls it took, then is closed (aborted
+if the host reads nothing). ngh2 queues streams beyond the host's MAX_CONCURRENT_STREAMS itself.
+A host that floods PING or SETTINGS and reads none of the acks loses the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import ssl as _ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
 
 import ngh2
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 
 from ..models import ModelEndpoint
-from ..transport_security import ConnectionSecurity, peer_spki
-from . import ResponseTooLarge
+from ..transport_security import ConnectionSecurity
+from .call import Call, grpc_timeout, read_answer
 
 __all__ = ["Ngh2Transport"]
 
@@ -36,27 +36,17 @@ CONNECT_TIMEOUT = 20.0
 _USER_AGENT = b"model-runner-client (ngh2)"
 _CONFIG = ngh2.Configuration()
 _SETTINGS = {ngh2.Setting.ENABLE_PUSH: 0, ngh2.Setting.INITIAL_WINDOW_SIZE: 1 << 20}
-# gRPC's mapping of HTTP statuses that carry no grpc-status (gRPC over HTTP/2, "HTTP to gRPC").
-_HTTP_TO_GRPC = {400: GrpcStatus.INTERNAL, 401: GrpcStatus.UNAUTHENTICATED,
-                 403: GrpcStatus.PERMISSION_DENIED, 404: GrpcStatus.UNIMPLEMENTED,
-                 429: GrpcStatus.UNAVAILABLE, 502: GrpcStatus.UNAVAILABLE,
-                 503: GrpcStatus.UNAVAILABLE, 504: GrpcStatus.UNAVAILABLE}
+#: PING and SETTINGS acks queued while the host does not read (nghttp2's max_outbound_ack).
+MAX_UNREAD_ACKS = 1000
 
 
-class _Call:
-    """One stream: its answer as it arrives, and where it runs (for cancelling it)."""
+class _Call(Call):
+    """A call on an ngh2 connection: where it runs, for cancelling it."""
 
-    __slots__ = ("arrived", "check_peer", "connection", "data", "future", "headers", "length",
-                 "stream_id", "trailers")
+    __slots__ = ("connection", "stream_id")
 
-    def __init__(self, future: asyncio.Future[_Call], check_peer: bool = True) -> None:
-        self.future = future
-        self.check_peer = check_peer
-        self.headers: tuple[Any, ...] = ()
-        self.trailers: tuple[Any, ...] | None = None
-        self.data = bytearray()
-        self.length = -1  # the gRPC message's length, once its prefix arrived
-        self.arrived = 0  # time.perf_counter_ns() when the answer was complete (or failed)
+    def __init__(self, limit: int, check_peer: bool = True) -> None:
+        super().__init__(limit, check_peer)
         self.connection: _Connection | None = None
         self.stream_id = 0
 
@@ -65,13 +55,17 @@ class _Connection(asyncio.Protocol):
     """One HTTP/2 connection: feeds ngh2 the bytes that arrive, writes what it produces, and
     settles each stream's future from ngh2's events."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self) -> None:
         self.h2 = ngh2.Connection(ngh2.Role.CLIENT, _CONFIG)
         self.calls: dict[int, _Call] = {}
         self.transport: asyncio.Transport | None = None
         #: No new streams here: the host sent GOAWAY, or the connection failed or was closed.
         self.done = False
+        #: Replaced (GOAWAY, reconnect): closed once the calls it carries have ended.
+        self.retired = False
+        self._paused = False
+        self._unread_acks = 0
+        self._pumping = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             ngh2.ResponseReceived: self._on_response,
             ngh2.DataReceived: self._on_data,
@@ -80,6 +74,8 @@ class _Connection(asyncio.Protocol):
             ngh2.StreamClosed: self._on_closed,
             ngh2.GoAwayReceived: self._on_goaway,
             ngh2.ConnectionClosed: self._on_connection_closed,
+            ngh2.PingReceived: self._on_control,
+            ngh2.SettingsReceived: self._on_control,
         }
 
     # --- asyncio.Protocol ------------------------------------------------------------------
@@ -95,11 +91,6 @@ class _Connection(asyncio.Protocol):
         except ngh2.NGH2Error as exc:
             self.abort(ConnectionError(f"the host broke HTTP/2: {type(exc).__name__}: {exc}"))
             return
-        handlers = self._handlers
-        for event in self.h2.events():
-            handler = handlers.get(type(event))
-            if handler is not None:
-                handler(event)
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -107,32 +98,57 @@ class _Connection(asyncio.Protocol):
         self._fail_all(ConnectionError(f"connection lost: {exc}" if exc
                                        else "the host closed the connection"))
 
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._unread_acks = 0
+
     # --- writing ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        # Every ngh2 operation may queue bytes; they leave only through here.
-        data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        """Write what ngh2 queued and handle the events it produced, until neither is left:
+        sending produces events too (a stream reset on our side closes it), and they were once
+        left unread, so such a call waited for its deadline."""
+        if self._pumping:
+            return  # the loop below picks up what this call queued
+        self._pumping = True
+        try:
+            handlers = self._handlers
+            while True:
+                data = self.h2.data_to_send()
+                if data and self.transport is not None and not self.transport.is_closing():
+                    self.transport.write(data)
+                events = self.h2.events()
+                if not events:
+                    break
+                for event in events:
+                    handler = handlers.get(type(event))
+                    if handler is not None:
+                        handler(event)
+        finally:
+            self._pumping = False
 
-    def open_stream(self, headers: list[tuple[bytes, bytes]], frame: bytes,
-                    call: _Call) -> int:
+    def open_stream(self, headers: list[tuple[bytes, bytes]], message: bytes,
+                    call: _Call) -> None:
         stream_id = self.h2.send_request(headers)
-        self.h2.send_data(stream_id, frame, end_stream=True)
+        self.h2.send_data(stream_id, message, end_stream=True)
         self.calls[stream_id] = call
-        call.connection, call.stream_id = self, stream_id
+        call.connection, call.stream_id, call.transport = self, stream_id, self.transport
         self.flush()
-        return stream_id
 
     def cancel(self, stream_id: int) -> None:
         """Forget a stream whose caller gave up, and tell the host (RST_STREAM CANCEL)."""
-        if self.calls.pop(stream_id, None) is None or self.done:
+        if self.calls.pop(stream_id, None) is None:
             return
-        try:
-            self.h2.reset_stream(stream_id, ngh2.ErrorCode.CANCEL)
-            self.flush()
-        except ngh2.NGH2Error:
-            pass  # the stream closed meanwhile
+        if not self.done:
+            try:
+                self.h2.reset_stream(stream_id, ngh2.ErrorCode.CANCEL)
+                self.flush()
+            except ngh2.NGH2Error:
+                pass  # the stream closed meanwhile
+        self._close_if_drained()
 
     def abort(self, error: Exception) -> None:
         self.done = True
@@ -143,8 +159,25 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.done = True
         self._fail_all(ConnectionError("the connection was closed by the client"))
-        if self.transport is not None:
-            self.transport.close()
+        self._end_transport()
+
+    def retire(self) -> None:
+        """No new calls here; close once the calls it carries have ended."""
+        self.done = self.retired = True
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.retired and not self.calls:
+            self._end_transport()
+
+    def _end_transport(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()  # a host that does not read would hold the socket open
+        else:
+            transport.close()
 
     # --- events ----------------------------------------------------------------------------
 
@@ -161,23 +194,9 @@ class _Connection(asyncio.Protocol):
         call = self.calls.get(event.stream_id)
         if call is None:
             return
-        call.data += event.data
-        if call.length < 0 and len(call.data) >= 5:
-            if call.data[0]:
-                self._fail(event.stream_id, GRPCError(
-                    GrpcStatus.UNIMPLEMENTED, "the answer is compressed, which is not supported"))
-                return
-            call.length = int.from_bytes(call.data[1:5], "big")
-            if call.length > self.limit:
-                self._fail(event.stream_id, ResponseTooLarge(
-                    f"the answer is {call.length} bytes, over the client's "
-                    f"max_receive_message_length of {self.limit} bytes"))
-                return
-        if call.length >= 0 and len(call.data) > 5 + call.length:
-            # A unary answer is one message: bytes beyond it would pile up without bound.
-            self._fail(event.stream_id, GRPCError(
-                GrpcStatus.INTERNAL, f"the host sent more than the one message of "
-                                     f"{call.length} bytes it announced"))
+        error = call.feed(event.data)
+        if error is not None:
+            self._fail(event.stream_id, error)
             return
         if event.end_stream:  # data that ends the stream: no trailers, not gRPC
             self._fail(event.stream_id, GRPCError(
@@ -200,37 +219,40 @@ class _Connection(asyncio.Protocol):
                 f"the stream closed before its answer ({reason})"))
 
     def _on_goaway(self, event: Any) -> None:
-        self.done = True  # later calls open a new connection
+        # Later calls open a new connection; the calls the host took (up to its last stream id)
+        # get their answers here, then the connection closes.
         for stream_id in [s for s in self.calls if s > event.last_stream_id]:
             self._fail(stream_id, ConnectionResetError(
                 f"the host is going away (GOAWAY {_error_name(event.error_code)}) and did not "
                 "process this call"))
+        self.retire()
 
     def _on_connection_closed(self, event: Any) -> None:
         self.abort(ConnectionError(f"the host closed HTTP/2 ({_error_name(event.error_code)})"))
 
+    def _on_control(self, event: Any) -> None:
+        if self._paused:  # its ack waits behind what the host does not read
+            self._unread_acks += 1
+            if self._unread_acks > MAX_UNREAD_ACKS:
+                self.abort(ConnectionError(f"the host sent over {MAX_UNREAD_ACKS} PING/SETTINGS "
+                                           "frames and read none of the acks"))
+
     def _settle(self, stream_id: int, call: _Call) -> None:
         del self.calls[stream_id]
-        if not call.future.done():
-            call.arrived = time.perf_counter_ns()
-            call.future.set_result(call)
+        call.settle()
+        self._close_if_drained()
 
     def _fail(self, stream_id: int, error: BaseException) -> None:
         call = self.calls.get(stream_id)
         if call is None:
             return
         self.cancel(stream_id)  # nothing more is wanted from it
-        if not call.future.done():
-            call.arrived = time.perf_counter_ns()
-            call.future.set_exception(error)
+        call.fail(error)
 
     def _fail_all(self, error: BaseException) -> None:
         calls, self.calls = self.calls, {}
-        arrived = time.perf_counter_ns()
         for call in calls.values():
-            if not call.future.done():
-                call.arrived = arrived
-                call.future.set_exception(error)
+            call.fail(error)
 
 
 def _error_name(code: int) -> str:
@@ -238,41 +260,6 @@ def _error_name(code: int) -> str:
         return ngh2.ErrorCode(code).name
     except ValueError:
         return f"error {code}"
-
-
-def _grpc_timeout(seconds: float) -> bytes:
-    """The grpc-timeout header: at most 8 digits and a unit (gRPC over HTTP/2)."""
-    milliseconds = max(1, math.ceil(seconds * 1000))
-    if milliseconds < 100_000_000:
-        return b"%dm" % milliseconds
-    return b"%dS" % min(99_999_999, math.ceil(seconds))
-
-
-_last_timeout: tuple[float, bytes] = (0.0, b"")
-
-
-def _grpc_timeout_until(deadline: float) -> bytes:
-    """grpc-timeout for a deadline (time.monotonic()); a fan-out's calls share one deadline, so
-    the value is computed once per fan-out (the calls leave within microseconds of each other:
-    the milliseconds it rounds up to cover them)."""
-    global _last_timeout
-    if _last_timeout[0] != deadline:
-        _last_timeout = (deadline, _grpc_timeout(deadline - time.monotonic()))
-    return _last_timeout[1]
-
-
-_last_frame: tuple[bytes, bytes] = (b"", b"\x00\x00\x00\x00\x00")
-
-
-def _framed(payload: bytes) -> bytes:
-    """The gRPC message of `payload`; a fan-out sends the same bytes to every model, so the
-    last one framed is kept (one copy per tick instead of one per model)."""
-    global _last_frame
-    if _last_frame[0] is payload:
-        return _last_frame[1]
-    frame = b"\x00" + len(payload).to_bytes(4, "big") + payload
-    _last_frame = (payload, frame)
-    return frame
 
 
 class Ngh2Transport:
@@ -292,6 +279,63 @@ class Ngh2Transport:
                       (b"user-agent", _USER_AGENT)]
         self._headers: dict[str, list[tuple[bytes, bytes]]] = {}  # by path
         self._closed = False
+
+    # --- calls -------------------------------------------------------------------------------
+
+    def start(self, path: str, message: bytes, deadline: float | None, *,
+              check_peer: bool = True) -> _Call:
+        """Send the call: on the open connection at once (no task, no coroutine: what a fan-out
+        to thousands of models wants), or from a task once connected."""
+        call = _Call(self.limit, check_peer)
+        connection = self._connection
+        if connection is not None and not connection.done:
+            self._open(connection, call, path, message, deadline)
+        else:
+            call.sender = asyncio.get_running_loop().create_task(
+                self._connect_then_open(call, path, message, deadline))
+        return call
+
+    def finish(self, call: _Call) -> bytes:
+        return read_answer(call, self.security)
+
+    def abandon(self, call: _Call) -> None:
+        """The caller gives up (the deadline): RST_STREAM CANCEL, and the stream is forgotten."""
+        if call.sender is not None:
+            call.sender.cancel()
+        if call.connection is not None:
+            call.connection.cancel(call.stream_id)
+        call.fail(TimeoutError("abandoned"))
+
+    async def _connect_then_open(self, call: _Call, path: str, message: bytes,
+                                 deadline: float | None) -> None:
+        try:
+            connection = await self._connected()
+            self._open(connection, call, path, message, deadline)
+        except Exception as exc:  # mapped by the caller, as any call's error
+            call.fail(exc)
+
+    def _open(self, connection: _Connection, call: _Call, path: str, message: bytes,
+              deadline: float | None) -> None:
+        base = self._headers.get(path)
+        if base is None:
+            base = self._headers[path] = [*self._head, (b":path", path.encode()), *self._tail]
+        headers = base.copy()
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the deadline passed before the call was sent")
+            headers.append((b"grpc-timeout", grpc_timeout(remaining)))  # the time left now
+        metadata = self.security.metadata()
+        if metadata:
+            headers.extend((k.encode(), v.encode()) for k, v in metadata.items())
+        try:
+            connection.open_stream(headers, message, call)
+        except ngh2.NGH2Error as exc:
+            connection.retire()  # (GOAWAY, no stream ids left): the next call reconnects
+            raise ConnectionError(f"cannot open a stream: {type(exc).__name__}: {exc}") \
+                from None
+
+    # --- the connection ----------------------------------------------------------------------
 
     async def _connected(self) -> _Connection:
         connection = self._connection
@@ -318,7 +362,9 @@ class Ngh2Transport:
     def _connected_or_not(self, task: asyncio.Task[_Connection]) -> None:
         self._connecting = None
         if not task.cancelled() and task.exception() is None:
-            self._connection = task.result()
+            previous, self._connection = self._connection, task.result()
+            if previous is not None:
+                previous.retire()  # once its calls end (it had sent GOAWAY, or was dropped)
             if self._closed:
                 self._connection.close()
 
@@ -328,7 +374,7 @@ class Ngh2Transport:
         server_hostname = (security.server_name or self.endpoint.ip) if security.ssl else None
         async with asyncio.timeout(CONNECT_TIMEOUT):
             transport, connection = await loop.create_connection(
-                lambda: _Connection(self.limit), self.endpoint.ip, self.endpoint.port,
+                _Connection, self.endpoint.ip, self.endpoint.port,
                 ssl=security.ssl, server_hostname=server_hostname)
         if security.ssl is not None:
             ssl_object = transport.get_extra_info("ssl_object")
@@ -337,114 +383,16 @@ class Ngh2Transport:
                 raise _ssl.SSLError("the host did not agree to HTTP/2 over TLS (ALPN h2)")
         return connection
 
-    async def unary(self, path: str, payload: bytes, deadline: float | None, *,
-                    check_peer: bool = True) -> bytes:
-        """One unary call; raises TimeoutError at `deadline` (time.monotonic()), GRPCError for
-        a gRPC status, OSError when the host cannot be reached or drops the call,
-        ResponseTooLarge, or UntrustedHost."""
-        if deadline is None:
-            return await self._unary(path, payload, None, check_peer)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the deadline passed before the call was sent")
-        async with asyncio.timeout(remaining):
-            return await self._unary(path, payload, deadline, check_peer)
-
-    async def _unary(self, path: str, payload: bytes, deadline: float | None,
-                     check_peer: bool) -> bytes:
-        connection = await self._connected()
-        call = self._open(connection, path, payload, deadline, check_peer)
-        try:
-            await call.future
-        except BaseException:  # the deadline, or the caller cancelled: the host stops too
-            connection.cancel(call.stream_id)
-            raise
-        return self._message(call)
-
-    def start(self, path: str, payload: bytes, deadline: float | None,
-              check_peer: bool = True) -> _Call | None:
-        """Open the call now if the connection is up (None otherwise: use `unary`); its
-        `future` settles when the answer is in, then `finish` reads it. No task, no coroutine:
-        what a fan-out to thousands of models wants."""
-        connection = self._connection
-        if connection is None or connection.done:
-            return None
-        return self._open(connection, path, payload, deadline, check_peer)
-
-    def _open(self, connection: _Connection, path: str, payload: bytes, deadline: float | None,
-              check_peer: bool) -> _Call:
-        base = self._headers.get(path)
-        if base is None:
-            base = self._headers[path] = [*self._head, (b":path", path.encode()), *self._tail]
-        headers = base.copy()
-        if deadline is not None:
-            headers.append((b"grpc-timeout", _grpc_timeout_until(deadline)))
-        metadata = self.security.metadata()
-        if metadata:
-            headers.extend((k.encode(), v.encode()) for k, v in metadata.items())
-        call = _Call(asyncio.get_running_loop().create_future(), check_peer)
-        try:
-            connection.open_stream(headers, _framed(payload), call)
-        except ngh2.NGH2Error as exc:
-            connection.done = True  # (GOAWAY, no stream ids left): the next call reconnects
-            raise ConnectionError(f"cannot open a stream: {type(exc).__name__}: {exc}") \
-                from None
-        return call
-
-    def finish(self, call: _Call) -> bytes:
-        """The answer of a settled call, or the exception it ended with (see `unary`)."""
-        call.future.result()  # raises what the call ended with
-        return self._message(call)
-
-    def abandon(self, call: _Call) -> None:
-        """The caller gives up (the deadline): RST_STREAM CANCEL, and the stream is forgotten."""
-        if call.connection is not None:
-            call.connection.cancel(call.stream_id)
-
-    def _message(self, call: _Call) -> bytes:
-        status, message = _grpc_status(call)
-        if status is not GrpcStatus.OK:
-            raise GRPCError(status, message)
-        if call.check_peer and self.security.check_peer is not None:
-            assert call.connection is not None
-            headers = {bytes(k).decode("latin-1"): bytes(v).decode("latin-1")
-                       for k, v in call.headers}
-            self.security.check_peer(headers, peer_spki(call.connection.transport))
-        if call.length < 0:
-            raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
-        if len(call.data) < 5 + call.length:
-            raise ConnectionResetError(f"the answer was cut short: {len(call.data) - 5} of "
-                                       f"{call.length} bytes")
-        return bytes(call.data[5:5 + call.length])
-
     def reconnect(self) -> None:
-        """Drop the connection; the next call opens a fresh one."""
+        """The next call opens a fresh connection; the calls on this one finish first."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.close()
+            connection.retire()
 
     def close(self) -> None:
         self._closed = True
-        self.reconnect()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
         if self._connecting is not None:
             self._connecting.cancel()
-
-
-def _grpc_status(call: _Call) -> tuple[GrpcStatus, str]:
-    """The call's gRPC status: from its trailers, or from the HTTP status when there is none."""
-    trailers = call.trailers or ()
-    if len(trailers) == 1 and trailers[0][0] == b"grpc-status" and trailers[0][1] == b"0":
-        return GrpcStatus.OK, ""  # nearly every answer
-    fields: Mapping[bytes, bytes] = dict(trailers)
-    raw = fields.get(b"grpc-status")
-    if raw is None:
-        http = dict(call.headers).get(b":status", b"")
-        code = int(http) if http.isdigit() else 0
-        status = _HTTP_TO_GRPC.get(code, GrpcStatus.UNKNOWN)
-        return status, f"the host answered HTTP {code or 'without a status'} without a gRPC status"
-    try:
-        status = GrpcStatus(int(raw))
-    except ValueError:
-        return GrpcStatus.UNKNOWN, f"unknown grpc-status {raw!r}"
-    message = unquote(bytes(fields.get(b"grpc-message", b"")).decode("utf-8", "replace"))
-    return status, message

@@ -1,0 +1,147 @@
+"""What every transport shares: a unary call's state as its answer arrives, settled by the
+transport's protocol the moment the answer is complete (so a verdict never waits for a task to
+resume), and gRPC over HTTP/2's rules for reading it, written once: the 5-byte message framing,
+the grpc-timeout header, and the status (the trailers' grpc-status wins over the headers'; with
+none, the HTTP status maps as gRPC specifies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote
+
+from grpclib.const import Status as GrpcStatus
+from grpclib.exceptions import GRPCError
+
+from ..transport_security import ConnectionSecurity, peer_spki
+from . import ResponseTooLarge
+
+__all__ = ["Call", "frame", "grpc_status", "grpc_timeout", "read_answer"]
+
+# gRPC's mapping of HTTP statuses that carry no grpc-status (gRPC over HTTP/2, "HTTP to gRPC").
+_HTTP_TO_GRPC = {400: GrpcStatus.INTERNAL, 401: GrpcStatus.UNAUTHENTICATED,
+                 403: GrpcStatus.PERMISSION_DENIED, 404: GrpcStatus.UNIMPLEMENTED,
+                 429: GrpcStatus.UNAVAILABLE, 502: GrpcStatus.UNAVAILABLE,
+                 503: GrpcStatus.UNAVAILABLE, 504: GrpcStatus.UNAVAILABLE}
+
+Headers = Sequence[Any]  # (name, value) pairs of bytes-like, as the HTTP/2 engine gives them
+
+
+def frame(payload: bytes) -> bytes:
+    """The gRPC message of `payload` (uncompressed). A fan-out frames its request once and sends
+    the same bytes to every model."""
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+def grpc_timeout(seconds: float) -> bytes:
+    """The grpc-timeout header for the time left: at most 8 digits and a unit."""
+    milliseconds = max(1, math.ceil(seconds * 1000))
+    if milliseconds < 100_000_000:
+        return b"%dm" % milliseconds
+    return b"%dS" % min(99_999_999, math.ceil(seconds))
+
+
+class Call:
+    """One stream of a unary call. The transport's protocol feeds it (`headers`, `feed`,
+    `trailers`) and settles `future` when the answer is complete or the call failed; `arrived`
+    is then time.perf_counter_ns()."""
+
+    __slots__ = ("arrived", "check_peer", "data", "future", "headers", "length", "limit",
+                 "sender", "trailers", "transport")
+
+    def __init__(self, limit: int, check_peer: bool = True) -> None:
+        self.future: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
+        self.limit = limit
+        self.check_peer = check_peer
+        self.headers: Headers = ()
+        self.trailers: Headers | None = None
+        self.data = bytearray()
+        self.length = -1  # the gRPC message's length, once its prefix arrived
+        self.arrived = 0
+        #: The task sending the request, when sending had to wait (connecting, flow control).
+        self.sender: asyncio.Task[None] | None = None
+        #: The asyncio transport it travelled on (for the TLS peer's key).
+        self.transport: Any = None
+
+    def feed(self, data: bytes) -> BaseException | None:
+        """Take answer bytes; returns why the call must fail, if they cannot be its answer."""
+        self.data += data
+        if self.length < 0 and len(self.data) >= 5:
+            if self.data[0]:
+                return GRPCError(GrpcStatus.UNIMPLEMENTED,
+                                 "the answer is compressed, which is not supported")
+            self.length = int.from_bytes(self.data[1:5], "big")
+            if self.length > self.limit:
+                return ResponseTooLarge(f"the answer is {self.length} bytes, over the client's "
+                                        f"max_receive_message_length of {self.limit} bytes")
+        if self.length >= 0 and len(self.data) > 5 + self.length:
+            # A unary answer is one message: bytes beyond it would pile up without bound.
+            return GRPCError(GrpcStatus.INTERNAL, f"the host sent more than the one message of "
+                                                  f"{self.length} bytes it announced")
+        return None
+
+    @property
+    def settled(self) -> bool:
+        return self.future.done()
+
+    def settle(self) -> None:
+        if not self.future.done():
+            self.arrived = time.perf_counter_ns()
+            self.future.set_result(self)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.arrived = time.perf_counter_ns()
+            self.future.set_exception(error)
+            self.future.exception()  # retrieved: an abandoned call's error is nobody's news
+
+
+def grpc_status(headers: Headers, trailers: Headers | None) -> tuple[GrpcStatus, str]:
+    """A call's gRPC status: the trailers' grpc-status, else the headers' (a trailers-only
+    answer), else from the HTTP status."""
+    fields: Mapping[bytes, Any] = {bytes(k): v for k, v in (trailers or ())}
+    raw = fields.get(b"grpc-status")
+    if raw is None:
+        fields = {bytes(k): v for k, v in headers}
+        raw = fields.get(b"grpc-status")
+    if raw is None:
+        http = bytes(fields.get(b":status", b""))
+        code = int(http) if http.isdigit() else 0
+        status = _HTTP_TO_GRPC.get(code, GrpcStatus.UNKNOWN)
+        return status, f"the host answered HTTP {code or 'without a status'} without a gRPC status"
+    try:
+        status = GrpcStatus(int(bytes(raw)))
+    except ValueError:
+        return GrpcStatus.UNKNOWN, f"unknown grpc-status {bytes(raw)!r}"
+    # Any bytes at all: a host's bad bytes make a message, never an exception.
+    message = unquote(bytes(fields.get(b"grpc-message", b"")).decode("utf-8", "replace"))
+    return status, message
+
+
+_OK = (b"grpc-status", b"0")
+
+
+def read_answer(call: Call, security: ConnectionSecurity) -> bytes:
+    """The message of a settled call, or the exception it ended with: GRPCError for a status
+    other than OK, UntrustedHost, ConnectionResetError for an answer cut short."""
+    call.future.result()  # raises what the call ended with
+    trailers = call.trailers
+    if not (trailers is not None and len(trailers) == 1
+            and (bytes(trailers[0][0]), bytes(trailers[0][1])) == _OK):  # nearly every answer
+        status, message = grpc_status(call.headers, trailers)
+        if status is not GrpcStatus.OK:
+            raise GRPCError(status, message)
+    if call.check_peer and security.check_peer is not None:
+        headers = {bytes(k).decode("latin-1"): bytes(v).decode("latin-1")
+                   for k, v in call.headers}
+        security.check_peer(headers, peer_spki(call.transport))
+    if call.length < 0:
+        raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
+    if len(call.data) < 5 + call.length:
+        raise ConnectionResetError(f"the answer was cut short: {len(call.data) - 5} of "
+                                   f"{call.length} bytes")
+    return bytes(call.data[5:5 + call.length])
