@@ -14,6 +14,7 @@ upgrade of grpclib or h2 breaks one of them (both are pinned).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from asyncio import BaseTransport
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from ..transport_security import ConnectionSecurity
 from .call import Call, grpc_timeout, read_answer
 
 __all__ = ["CLOSED_STREAMS_KEPT", "GrpclibTransport"]
+
+logger = logging.getLogger(__name__)
 
 #: Closed-stream records each HTTP/2 connection keeps. h2 keeps 65,536 by default, ~170 bytes
 #: each: ~11 MB per model once a connection has made that many calls (a day of ticks), which is
@@ -165,10 +168,12 @@ class _Protocol(H2Protocol):
         if not self.connection.write_ready.is_set():  # paused: the host reads nothing
             self._unread_acks += 1
             if self._unread_acks > MAX_UNREAD_ACKS:
+                reason = (f"the host sent over {MAX_UNREAD_ACKS} PING/SETTINGS frames and read "
+                          "none of the acks")
+                logger.warning("closing a connection: %s", reason)
                 transport: Any = self.connection._transport
                 transport.abort()
-                self.processor.close(f"the host sent over {MAX_UNREAD_ACKS} PING/SETTINGS "
-                                     "frames and read none of the acks")
+                self.processor.close(reason)
 
     def resume_writing(self) -> None:
         self._unread_acks = 0

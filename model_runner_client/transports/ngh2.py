@@ -15,6 +15,7 @@ A host that floods PING or SETTINGS and reads none of the acks loses the connect
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl as _ssl
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from ..transport_security import ConnectionSecurity
 from .call import Call, grpc_timeout, read_answer
 
 __all__ = ["Ngh2Transport"]
+
+logger = logging.getLogger(__name__)
 
 #: How long opening a connection (TCP, TLS, HTTP/2 preface) may take at most; a call's own
 #: deadline usually ends its wait sooner.
@@ -89,7 +92,10 @@ class _Connection(asyncio.Protocol):
         try:
             self.h2.receive_data(data)
         except ngh2.NGH2Error as exc:
-            self.abort(ConnectionError(f"the host broke HTTP/2: {type(exc).__name__}: {exc}"))
+            # nghttp2's own defences too: a burst of over max_outbound_ack PINGs (FLOODED).
+            reason = f"the host broke HTTP/2: {type(exc).__name__}: {exc}"
+            logger.info("closing a connection: %s", reason)
+            self.abort(ConnectionError(reason))
             return
         self.flush()
 
@@ -234,8 +240,10 @@ class _Connection(asyncio.Protocol):
         if self._paused:  # its ack waits behind what the host does not read
             self._unread_acks += 1
             if self._unread_acks > MAX_UNREAD_ACKS:
-                self.abort(ConnectionError(f"the host sent over {MAX_UNREAD_ACKS} PING/SETTINGS "
-                                           "frames and read none of the acks"))
+                reason = (f"the host sent over {MAX_UNREAD_ACKS} PING/SETTINGS frames and read "
+                          "none of the acks")
+                logger.warning("closing a connection: %s", reason)
+                self.abort(ConnectionError(reason))
 
     def _settle(self, stream_id: int, call: _Call) -> None:
         del self.calls[stream_id]

@@ -1,0 +1,147 @@
+"""A model host that misbehaves at the HTTP/2 level, scripted with h2 (server side), run as its
+own process so that its floods cost the client only what they cost over a socket:
+
+    python tests/hostile_host.py PORT MODE
+
+Setup and health are answered as a host would; Call behaves by MODE:
+
+- `goaway-each`: answers, then sends a shutdown notice (GOAWAY, last stream id 2^31-1) on
+  every call, and keeps the connection open.
+- `answer-then-goaway`: the same bytes in one write, so the GOAWAY arrives with the answer.
+- `contradicting-status`: grpc-status 13 in the headers, then the answer and grpc-status 0 in
+  the trailers (gRPC's rule: the trailers' status is the call's).
+- `bad-utf8-message`: grpc-status 13 with a grpc-message that is not UTF-8.
+- `ping-flood`: answers, then floods PINGs and reads nothing more.
+- `trickle`: answers in one-byte DATA frames, slowly, never finishing (a loop hog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+
+import h2.config
+import h2.connection
+import h2.events
+from grpclib.health.v1.health_pb2 import HealthCheckResponse
+
+from model_runner.wire import CallResponse, SetupResponse, Status, encode_value
+
+
+def framed(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+ANSWER = framed(bytes(CallResponse(status=Status(code="SUCCESS"),
+                                   method_response=encode_value(1.0))))
+SETUP = framed(bytes(SetupResponse(status=Status(code="SUCCESS"))))
+HEALTH = framed(HealthCheckResponse(status=HealthCheckResponse.SERVING).SerializeToString())
+OK_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+class Host(asyncio.Protocol):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False))
+        self.paths: dict[int, bytes] = {}
+        self.transport: asyncio.Transport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if self.mode == "ping-flood" and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(1 << 24)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except Exception:  # the client closed or reset: nothing to do
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self.paths[event.stream_id] = dict(event.headers).get(b":path", b"")
+            elif isinstance(event, h2.events.StreamEnded):
+                self.answer(event.stream_id)
+        self.flush()
+
+    def flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.h2.data_to_send())
+
+    def send(self, stream_id: int, body: bytes, trailers: list[tuple[bytes, bytes]],
+             headers: list[tuple[bytes, bytes]] = OK_HEADERS) -> None:
+        self.h2.send_headers(stream_id, headers)
+        self.h2.send_data(stream_id, body)
+        self.h2.send_headers(stream_id, trailers, end_stream=True)
+
+    def answer(self, stream_id: int) -> None:
+        path = self.paths.pop(stream_id, b"")
+        ok = [(b"grpc-status", b"0")]
+        if path.endswith(b"/Setup"):
+            self.send(stream_id, SETUP, ok)
+        elif path.endswith(b"/Check"):
+            self.send(stream_id, HEALTH, ok)
+        elif self.mode in ("goaway-each", "answer-then-goaway"):
+            self.send(stream_id, ANSWER, ok)
+            if self.mode == "goaway-each":  # a shutdown notice: GOAWAY, last stream id 2^31-1
+                self.flush()
+                self.h2.close_connection(last_stream_id=2**31 - 1)
+            else:
+                self.h2.close_connection(last_stream_id=stream_id)
+        elif self.mode == "contradicting-status":
+            self.send(stream_id, ANSWER, ok,
+                      headers=[*OK_HEADERS, (b"grpc-status", b"13"),
+                               (b"grpc-message", b"from the headers")])
+        elif self.mode == "bad-utf8-message":
+            self.h2.send_headers(stream_id, [*OK_HEADERS, (b"grpc-status", b"13"),
+                                             (b"grpc-message", b"\xff\xfe bad \xc3\x28")],
+                                 end_stream=True)
+        elif self.mode == "ping-flood":
+            self.send(stream_id, ANSWER, ok)
+            self.spawn(self.flood_pings())
+        elif self.mode == "trickle":
+            self.h2.send_headers(stream_id, OK_HEADERS)
+            self.spawn(self.trickle(stream_id))
+
+    def spawn(self, coroutine: object) -> None:
+        task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def flood_pings(self) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()  # reads none of the acks
+        frame = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + bytes(8)
+        for _ in range(2000):
+            if self.transport.is_closing():
+                return
+            self.transport.write(frame * 1000)
+            await asyncio.sleep(0)
+
+    async def trickle(self, stream_id: int) -> None:
+        for byte in ANSWER * 100_000:
+            if self.transport is None or self.transport.is_closing():
+                return
+            try:
+                self.h2.send_data(stream_id, bytes([byte]))
+            except Exception:  # the client reset the stream
+                return
+            self.flush()
+            await asyncio.sleep(0)
+
+
+async def main(port: int, mode: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Host(mode), "127.0.0.1", port)
+    print(f"serving on {port}", flush=True)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))

@@ -1,0 +1,126 @@
+"""Hosts that turn HTTP/2 against the client (tests/hostile_host.py, its own process): each costs
+only its own model, on both transports."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks._common import ROOT, free_port, start_listening, start_script
+from model_runner.process import host_environment
+from model_runner_client import CallStatus, FailureReport, ModelEndpoint, ModelRunnerClient
+from tests.hosts import BASE, until
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
+
+
+@contextlib.contextmanager
+def hostile(mode: str) -> Iterator[int]:
+    port = free_port()
+    proc = start_listening([sys.executable, str(ROOT / "tests" / "hostile_host.py"), str(port),
+                            mode], port, env=host_environment([ROOT]))
+    try:
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def open_sockets() -> int:
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # (the listing's own descriptor is gone already)
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def client_for(port: int, count: int = 1, **options: object) -> ModelRunnerClient:
+    endpoints = [ModelEndpoint(f"m{i}", "127.0.0.1", port, "d") for i in range(count)]
+    options.setdefault("timeout", 2.0)
+    return ModelRunnerClient.from_addresses(endpoints, base_classname=BASE, **options)  # type: ignore[arg-type]
+
+
+async def test_a_host_that_sends_goaway_after_every_answer_leaks_no_socket() -> None:
+    """ngh2 once left a socket open per GOAWAY: 31 after 50 ticks, still open after close()."""
+    with hostile("goaway-each") as port:
+        before = open_sockets()
+        async with client_for(port) as client:
+            await client.wait_for_models(1, timeout=20)
+            for _ in range(50):
+                assert (await client.call("predict"))[0].ok
+            assert open_sockets() - before <= 3  # the live connection (and one closing)
+        await until(lambda: open_sockets() <= before)
+
+
+async def test_an_answer_that_arrives_with_a_goaway_is_kept() -> None:
+    """grpclib ended the calls the host had answered when its GOAWAY came in the same write:
+    the model was reported CONNECTION_FAILED after three."""
+    reports: list[FailureReport] = []
+    with hostile("answer-then-goaway") as port:
+        async with client_for(port, on_failure=reports.append) as client:
+            await client.wait_for_models(1, timeout=20)
+            for _ in range(5):
+                result = (await client.call("predict"))[0]
+                assert result.ok and result.output == 1.0, result.detail
+    assert reports == []
+
+
+async def test_the_trailers_status_wins_on_both_transports() -> None:
+    with hostile("contradicting-status") as port:
+        async with client_for(port) as client:
+            await client.wait_for_models(1, timeout=20)
+            result = (await client.call("predict"))[0]
+    assert result.ok and result.output == 1.0, result.detail
+
+
+async def test_a_message_that_is_not_utf8_logs_no_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with hostile("bad-utf8-message") as port:
+        async with client_for(port) as client:
+            await client.wait_for_models(1, timeout=20)
+            with caplog.at_level(logging.DEBUG):
+                for _ in range(3):
+                    result = (await client.call("predict"))[0]
+                    assert result.status is CallStatus.FAILURE
+                    assert "INTERNAL" in result.detail and "bad" in result.detail
+    assert not [r for r in caplog.records if r.exc_info or "Fatal error" in r.getMessage()]
+
+
+async def test_a_host_flooding_pings_it_never_reads_loses_its_connection(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Unread PING acks piled up in the client without a cap (~3-5 MB/s). On ngh2, nghttp2's
+    own limit (max_outbound_ack) may end a burst first."""
+    with hostile("ping-flood") as port:
+        async with client_for(port, max_consecutive_timeouts=100) as client:
+            await client.wait_for_models(1, timeout=20)
+            with caplog.at_level(logging.INFO, logger="model_runner_client.transports"):
+                assert (await client.call("predict"))[0].ok  # the flood starts after it
+                await until(lambda: "read none of the acks" in caplog.text
+                            or "FLOOD" in caplog.text.upper(), 20)
+
+
+async def test_hosts_trickling_bytes_cost_honest_models_nothing(transport: str) -> None:
+    """Five hosts answering in one-byte DATA frames beside 30 honest ones answering after 0.5 s
+    (timeout 1 s): on grpclib 18 of 30 honest verdicts were TIMEOUT (settled when each call's
+    task resumed, behind the deadline); now every call is settled by the protocol on arrival."""
+    server, port = start_script("fast_server.py", "--delay", "0.5")
+    try:
+        with hostile("trickle") as bad_port:
+            endpoints = [ModelEndpoint(f"honest-{i}", "127.0.0.1", port, "d") for i in range(30)]
+            endpoints += [ModelEndpoint(f"bad-{i}", "127.0.0.1", bad_port, "d") for i in range(5)]
+            client = ModelRunnerClient.from_addresses(endpoints, base_classname=BASE,
+                                                      timeout=1.0, max_consecutive_timeouts=100)
+            async with client:
+                await client.wait_for_models(35, timeout=30)
+                for _ in range(3):
+                    results = await client.call("predict")
+                    honest = [r for r in results if r.model_id.startswith("honest")]
+                    assert all(r.ok for r in honest), [r.detail for r in honest if not r.ok]
+    finally:
+        server.kill()
