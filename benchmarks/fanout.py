@@ -97,8 +97,6 @@ def main() -> None:
                         help="the bare servers: ngh2 (benchmarks/fast_server.py, cheap enough "
                              "that the client is measured) or grpclib (bare_server.py)")
     parser.add_argument("--old-python", default=os.environ.get("OLD_CLIENT_PYTHON"))
-    parser.add_argument("--no-gc-pause", action="store_true",
-                        help="also run ngh2 without pausing the GC during fan-outs")
     options = parser.parse_args()
 
     available = sorted(os.sched_getaffinity(0))
@@ -111,8 +109,6 @@ def main() -> None:
         variants["grpclib + uvloop"] = ["--transport", "grpclib", "--uvloop"]
     else:
         print("uvloop is not installed (pip install -e '.[uvloop]'): its rows are left out")
-    if options.no_gc_pause:
-        variants["ngh2, GC not paused"] = ["--transport", "ngh2", "--no-gc-pause"]
     env = host_environment([ROOT])
     old_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 

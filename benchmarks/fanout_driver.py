@@ -2,7 +2,7 @@
 its alone). Prints one JSON line: tick times, CPU per call, peak RSS.
 
     python benchmarks/fanout_driver.py --n 1000 --ticks 10 --transport ngh2 [--uvloop]
-        [--timeout 30] [--hang-port PORT] [--no-gc-pause] PORT [PORT ...]
+        [--timeout 30] [--hang-port PORT] PORT [PORT ...]
 
 With --hang-port, every tenth model is at that port (a server that never answers).
 """
@@ -16,7 +16,6 @@ import time
 
 from benchmarks.fanout_common import ARGUMENT, BASE, measure_rusage, raise_file_limit
 from model_runner_client import CallStatus, ModelEndpoint, ModelRunnerClient
-from model_runner_client import fanout as fanout_module
 
 
 async def run(options: argparse.Namespace) -> dict[str, object]:
@@ -64,11 +63,8 @@ def main() -> None:
     parser.add_argument("--transport", default="ngh2")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--hang-port", type=int, default=0)
-    parser.add_argument("--no-gc-pause", action="store_true")
     options = parser.parse_args()
     raise_file_limit()
-    if options.no_gc_pause:
-        fanout_module.PAUSE_GC = False
     if options.uvloop:
         import uvloop
         report = uvloop.run(run(options))

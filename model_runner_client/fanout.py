@@ -14,30 +14,29 @@ Those are not decoded here: each gets a cheap check (JSON scanned without buildi
 coordinator reads CallResult.output. Decoding them all here made 100 models answering ~4 MiB
 of nested JSON add ~8 s to a 1 s tick (benchmarks/heavy_answers.py).
 
-This is the one place that uses asyncio primitives instead of anyio's, for measured reasons.
-A transport that can start a call at once (ngh2, once connected) hands back the stream's future,
-settled by its protocol: no task and no coroutine per call. At 1,000 models the bare ngh2
-transport cost ~30 µs of CPU per call that way, against ~50 µs with a task per call under
-`asyncio.gather`, and an anyio task group cost ~23 µs per call more than `gather` on grpclib
-(benchmarks/README.md). Calls that need a task (connecting, grpclib) get one, owned by `run`:
-it cancels and awaits every task it started before returning, or when it is cancelled itself.
+The deadline is an anyio cancel scope. The calls themselves are asyncio futures settled by the
+transports' protocols, for measured reasons: at 1,000 models the bare ngh2 transport cost ~30 µs
+of CPU per call that way, against ~50 µs with a task per call under `asyncio.gather`, and an
+anyio task group cost ~23 µs per call more than `gather` (benchmarks/README.md). A call that
+must wait to be sent (connecting, grpclib) has a sending task owned by its transport; `run`
+abandons and awaits every one still running before it returns, or when it is cancelled itself.
+The library changes no process-wide state: the cyclic GC, once paused here, is left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
-import gc
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
+import anyio
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from h2.exceptions import ProtocolError as H2ProtocolError
@@ -63,9 +62,6 @@ INLINE_BYTES = 256 * 1024
 #: verdict is the host's status (a call returns within ~1.2x its timeout whatever the answers
 #: weigh: benchmarks/README.md).
 LATE_READING = 1.2
-#: Whether the cyclic GC is paused while the calls of a fan-out run.
-PAUSE_GC = True
-
 
 class Kind(Enum):
     """Why a call ended as it did; the client's failure policy reads it."""
@@ -163,6 +159,8 @@ class Fanout:
 
         def launch() -> None:
             while waiting and len(in_flight) < limit:
+                if time.monotonic() >= deadline:
+                    break  # what is left was not sent (NOT_SENT), whatever ran late
                 index = waiting.popleft()
                 job = jobs[index]
                 sent = sent_at[index] = time.perf_counter_ns()
@@ -199,14 +197,11 @@ class Fanout:
                 outcomes[index] = _read(job, raw, latency, decoder)
 
         try:
-            # The GC is paused while the calls run: they allocate many short-lived objects that
-            # reference counting frees (61 vs 82 µs of CPU per call at N=300, 93 vs 114 at
-            # N=5,000; within noise at N=1,000: benchmarks/README.md).
-            with _gc_paused() if PAUSE_GC else contextlib.nullcontext():
-                launch()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await all_settled
+            launch()
+            # An anyio cancel scope is the deadline (the design's structured concurrency; the
+            # calls themselves run without tasks: see the module's docstring).
+            with anyio.move_on_after(timeout):
+                await all_settled
         finally:  # the deadline, or `run` itself cancelled: nothing it started outlives it
             finished = time.perf_counter_ns()
             waiting.clear()
@@ -286,26 +281,6 @@ def _read(job: Job, raw: bytes, latency: int, decoder: ResultDecoder, *, defer: 
         return Outcome(Kind.CLIENT_BUG, latency_us=latency,
                        detail=f"not counted: a bug in model-runner-client reading the answer "
                               f"({exc!r}); please report it")
-
-
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC; pauses nest (overlapping fan-outs), the last one out restores it."""
-    global _gc_pauses, _gc_was_enabled
-    if _gc_pauses == 0:
-        _gc_was_enabled = gc.isenabled()
-        gc.disable()
-    _gc_pauses += 1
-    try:
-        yield
-    finally:
-        _gc_pauses -= 1
-        if _gc_pauses == 0 and _gc_was_enabled:
-            gc.enable()
 
 
 def read_answer(raw: bytes, latency_us: int, decoder: ResultDecoder, *, defer: bool = False,

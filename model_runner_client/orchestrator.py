@@ -1,6 +1,7 @@
 """`OrchestratorLink`: the live model list from the Model Orchestrator's websocket.
 
-Protocol (SPEC.md): `ws://host:port/<crunch_id>`, JSON text frames `{"event", "data": [...]}`.
+Protocol (as the Model Orchestrator speaks it): `ws://host:port/<crunch_id>`, JSON text frames
+`{"event", "data": [...]}`.
 `init` (once per connection) is the complete list of RUNNING models; `update` messages follow.
 Messages repeat and arrive out of order, so every entry is checked against what is held:
 

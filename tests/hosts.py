@@ -111,3 +111,9 @@ def until_sync(predicate: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.02)
+
+
+def reported(caplog: Any) -> list[str]:
+    """The failure reports the client decided (the registry logs each as it decides it, before
+    it is queued for delivery): checks that nothing was reported need not wait for delivery."""
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("reporting ")]

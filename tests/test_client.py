@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from model_runner_client import (
     ModelRunnerClient,
     UnknownModelError,
 )
-from tests.hosts import BASE, SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, until
+from tests.hosts import BASE, SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, reported, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
@@ -384,7 +385,8 @@ async def test_a_response_over_the_client_limit_is_a_failure(toolbox_host: HostP
         assert (await client.call("big", 1000))["tool"].output == "x" * 1000  # still usable
 
 
-async def test_sigterm_to_a_host_during_a_tick(good_host: HostProcess) -> None:
+async def test_sigterm_to_a_host_during_a_tick(good_host: HostProcess, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     """The tick in flight gets its answer from the draining host; later ticks get clean
     statuses, and nothing is reported for a host that stopped on purpose."""
     stopping = HostProcess(TEST_SUBMISSIONS / "toolbox", "--grace-period", "5").start()
@@ -393,10 +395,11 @@ async def test_sigterm_to_a_host_during_a_tick(good_host: HostProcess) -> None:
         async with make_client([endpoint(stopping, "stopping"), endpoint(good_host, "good")],
                                timeout=3.0, on_failure=reports.append) as client:
             await client.wait_for_models(2, timeout=20)
+            mark = tmp_path / "in-flight"
             tick = asyncio.ensure_future(client.call(
-                "sleep", per_model=lambda m: ([0.8] if m.model_id == "stopping" else [0.0],
-                                              None)))
-            await asyncio.sleep(0.3)  # time passes: the tick is in flight
+                "sleep", per_model=lambda m: (([0.8], {"mark": str(mark)})
+                                              if m.model_id == "stopping" else ([0.0], None))))
+            await until(mark.exists)  # the tick is in flight on the stopping host
             stopping.signal()
             results = await tick
             assert results["stopping"].status is CallStatus.SUCCESS
@@ -408,7 +411,7 @@ async def test_sigterm_to_a_host_during_a_tick(good_host: HostProcess) -> None:
             assert results["stopping"].detail.startswith(("unreachable", "gRPC UNAVAILABLE"))
     finally:
         stopping.stop()
-    assert reports == []
+    assert reported(caplog) == []
 
 
 async def test_warns_when_models_near_the_open_file_limit(

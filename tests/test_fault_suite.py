@@ -77,7 +77,9 @@ async def test_a_third_of_100_models_faulty() -> None:
     for i in range(1, GOOD):
         statuses = [r.status for r in history[f"good-{i}"]]
         assert statuses == [CallStatus.SUCCESS] * 8, (i, [r.detail for r in history[f"good-{i}"]])
-    assert all(r.status is CallStatus.SUCCESS or r.detail for r in history["good-0"])
+    # Its calls during the redeploy may miss their host (TIMEOUT), but it never fails.
+    assert not [r.detail for r in history["good-0"] if r.status is CallStatus.FAILURE]
+    assert history["good-0"][-1].status is CallStatus.SUCCESS
     assert any(e.kind is EventKind.REDEPLOYED and e.model.model_id == "good-0" for e in events)
 
     def first(model_id: str) -> CallResult:

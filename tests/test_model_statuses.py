@@ -78,7 +78,8 @@ async def test_submission_misbehaviour_at_setup(tmp_path: Path, case: str) -> No
 
 async def test_rest_during_setup_leaves_no_instance(tmp_path: Path) -> None:
     (tmp_path / "slow.py").write_text(
-        TRACKER + "import time\nclass Slow(TrackerBase):\n    def __init__(self):\n"
+        TRACKER + "import pathlib, time\nclass Slow(TrackerBase):\n    def __init__(self):\n"
+                  f"        pathlib.Path({str(tmp_path / 'constructing')!r}).touch()\n"
                   "        time.sleep(1.0)\n    def predict(self, asset, horizon, step=1):\n"
                   "        return [1.0]\n")
     host = HostProcess(tmp_path).start()
@@ -86,7 +87,7 @@ async def test_rest_during_setup_leaves_no_instance(tmp_path: Path) -> None:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
             setting_up = asyncio.ensure_future(setup(stub))
-            await asyncio.sleep(0.3)  # the constructor is running (it sleeps 1 s)
+            await until(lambda: (tmp_path / "constructing").exists())  # the constructor runs
             assert (await stub.rest()).status.code == StatusCode.SUCCESS  # type: ignore[union-attr]
             code, message = await setting_up
             assert code == StatusCode.FAILED_PRECONDITION and "Setup again" in message

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
@@ -67,10 +68,11 @@ async def test_calls_never_overlap_and_keep_their_order(
 
 
 async def test_a_call_whose_deadline_passed_while_waiting_is_not_run(
-    toolbox: DynamicSubclassServiceStub,
+    toolbox: DynamicSubclassServiceStub, tmp_path: Path,
 ) -> None:
-    blocker = asyncio.ensure_future(call(toolbox, "sleep", 1.0, tag="blocker"))
-    await asyncio.sleep(0.1)  # time passes: the blocker holds the model
+    mark = tmp_path / "blocking"
+    blocker = asyncio.ensure_future(call(toolbox, "sleep", 1.0, tag="blocker", mark=str(mark)))
+    await until(mark.exists)  # the blocker holds the model
     with pytest.raises((TimeoutError, asyncio.TimeoutError)):
         await call(toolbox, "sleep", 0.0, tag="expired", timeout=0.3)
     await blocker
@@ -148,14 +150,15 @@ async def test_health_of_the_model_service_follows_setup_and_rest(
         assert unknown.value.status is GrpcStatus.NOT_FOUND
 
 
-async def test_sigterm_drains_in_flight_calls() -> None:
+async def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
     host = HostProcess(TEST_SUBMISSIONS / "toolbox", "--grace-period", "5").start()
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
             await setup(stub)
-            in_flight = asyncio.ensure_future(call(stub, "sleep", 1.0))
-            await asyncio.sleep(0.3)  # time passes: the call is in flight
+            mark = tmp_path / "running"
+            in_flight = asyncio.ensure_future(call(stub, "sleep", 1.0, mark=str(mark)))
+            await until(mark.exists)  # the call is in flight
             host.signal(signal.SIGTERM)
 
             async def draining() -> bool:
@@ -187,6 +190,6 @@ async def test_grace_period_is_bounded() -> None:
             assert await asyncio.to_thread(host.wait, 10) == 0
             assert time.monotonic() - started < 5  # grace 0.5 s, generous margin
             with pytest.raises((GRPCError, StreamTerminatedError, ConnectionError)):
-                await stuck
+                await asyncio.wait_for(stuck, 10)  # a hang fails (TimeoutError is not caught)
     finally:
         host.stop()

@@ -14,7 +14,10 @@ def test_soak_smoke() -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout
     assert "6 models ready at the end" in out, out
+    checked = 0
     for line in out.splitlines():
         if "open fds" in line or "live tasks" in line:
             start, end = (int(float(v)) for v in line.split("|")[2:4])
             assert end <= start + 10, line  # bounded; exact figures live in the benchmark
+            checked += 1
+    assert checked == 3, out  # the client's fds and tasks, the host's fds: all there

@@ -1,7 +1,7 @@
 """The Variant codec: Python values to and from `commons.Variant` (type tag + bytes).
 
 Both halves use it: the model host decodes arguments and encodes results, the client does the
-reverse. The byte layouts are the wire contract of SPEC.md:
+reverse. The byte layouts are the wire contract (proto/commons.proto; README "Values"):
 
 - NONE: empty bytes; DOUBLE / INT: 8 bytes little-endian (binary64 / int64);
 - STRING: UTF-8; JSON: UTF-8 JSON text (NaN/Infinity tokens accepted, as `json.dumps` writes them);
