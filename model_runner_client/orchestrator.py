@@ -86,6 +86,12 @@ def parse_entry(raw: Any) -> Entry:
                  int(port or 0), infos)
 
 
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Seconds before reconnect attempt `attempt` (0 first): doubling from `initial`, capped at
+    `maximum`, with jitter (half to all of it) so that many clients do not reconnect at once."""
+    return min(maximum, initial * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+
 class OrchestratorLink:
     """A `ModelSource`: feeds the client from the orchestrator and carries failure reports."""
 
@@ -185,9 +191,9 @@ class OrchestratorLink:
                 self._outbox_changed = None
             # A link refused before any frame backs off like any failure (it once retried every
             # 0.4 s forever after a wrong crunch id).
-            delay = min(self.backoff_max, self.backoff_initial * 2 ** attempt)
+            delay = backoff_delay(attempt, self.backoff_initial, self.backoff_max)
             attempt = min(attempt + 1, 30)
-            await anyio.sleep(delay * random.uniform(0.5, 1.0))
+            await anyio.sleep(delay)
 
     def _closed_by_orchestrator(self, code: int | None, reason: str | None) -> str:
         if reason:  # the orchestrator said why (e.g. an unknown crunch)

@@ -41,6 +41,12 @@ class Toolbox(TrackerBase):
     def echo(self, *args, **kwargs):
         return {"args": list(args), "kwargs": kwargs}
 
+    def thread(self):
+        return threading.get_ident(), threading.current_thread().name
+
+    async def async_thread(self):
+        return threading.get_ident(), threading.current_thread().name
+
     def frame(self):
         import pandas
         return pandas.DataFrame({"a": [1, 2]})

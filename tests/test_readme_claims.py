@@ -1,0 +1,198 @@
+"""README promises that had no test of their own, one test each (issue 15)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from model_runner.wire import DynamicSubclassServiceStub
+from model_runner_client.orchestrator import backoff_delay
+from model_runner_client.policy import Streaks
+from tests.hosts import HostProcess, ok, setup
+
+# --- the failure policy, as a state machine -------------------------------------------------
+
+
+class StreakMachine(RuleBasedStateMachine):
+    """Any sequence of successes, failures (of two methods) and timeouts (answered or not):
+    a verdict comes exactly when a streak reaches its limit, with the right code; a success
+    resets what it should; cooling down skips ceil(streak/2) calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streaks = Streaks(max_failures=3, max_timeouts=4)
+        self.failures: dict[str, int] = {}
+        self.timeouts = 0
+        self.unreachable = 0
+        self.disconnected = False
+
+    @rule(method=st.sampled_from(["tick", "predict"]))
+    def success(self, method: str) -> None:
+        if self.disconnected:
+            return
+        self.streaks.success(method)
+        self.failures.pop(method, None)
+        self.timeouts = self.unreachable = 0
+
+    @rule(method=st.sampled_from(["tick", "predict"]))
+    def failure(self, method: str) -> None:
+        if self.disconnected:
+            return
+        verdict = self.streaks.failure(method)
+        self.failures[method] = self.failures.get(method, 0) + 1
+        self.timeouts = self.unreachable = 0
+        expected = "MULTIPLE_FAILED" if self.failures[method] >= 3 else None
+        assert verdict == expected
+        self.disconnected = verdict is not None
+
+    @rule(unreachable=st.booleans())
+    def timeout(self, unreachable: bool) -> None:
+        if self.disconnected:
+            return
+        verdict = self.streaks.timeout(unreachable=unreachable)
+        self.timeouts += 1
+        self.unreachable = self.unreachable + 1 if unreachable else 0
+        if self.timeouts >= 4:
+            # CONNECTION_FAILED only when nothing ever answered in the whole streak.
+            expected = "CONNECTION_FAILED" if self.unreachable >= self.timeouts \
+                else "MULTIPLE_TIMEOUT"
+            assert verdict == expected
+            self.disconnected = True
+        else:
+            assert verdict is None
+            assert self.streaks.skips_left == math.ceil(self.timeouts / 2)
+
+    @invariant()
+    def counts_agree(self) -> None:
+        if not self.disconnected:
+            assert self.streaks.timeouts == self.timeouts
+            assert {k: v for k, v in self.streaks.failures.items() if v} == self.failures
+
+
+TestStreakMachine = StreakMachine.TestCase
+TestStreakMachine.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
+
+
+# --- the orchestrator link's backoff ---------------------------------------------------------
+
+
+@given(st.integers(0, 40), st.floats(0.01, 5), st.floats(5, 120))
+def test_the_link_backs_off_doubling_capped_with_jitter(attempt: int, initial: float,
+                                                        maximum: float) -> None:
+    delay = backoff_delay(attempt, initial, maximum)
+    full = min(maximum, initial * 2 ** attempt)
+    assert full / 2 <= delay <= full <= maximum
+
+
+def test_jitter_spreads_reconnects() -> None:
+    delays = {round(backoff_delay(3, 0.5, 30.0), 6) for _ in range(50)}
+    assert len(delays) > 40  # not all clients at once
+
+
+# --- the event loop --------------------------------------------------------------------------
+
+
+def test_model_runner_uvloop_0_keeps_the_default_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_runner import eventloop
+    monkeypatch.setenv("MODEL_RUNNER_UVLOOP", "0")
+    assert not eventloop.uvloop_enabled()
+
+    async def loop_type() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert eventloop.run(loop_type()).startswith("asyncio")
+    monkeypatch.setenv("MODEL_RUNNER_UVLOOP", "1")
+    assert eventloop.uvloop_enabled()  # installed with the test extra
+    assert eventloop.run(loop_type()).startswith("uvloop")
+
+
+# --- the host ---------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_def_methods_run_on_one_thread_per_model(toolbox_host: HostProcess) -> None:
+    async with toolbox_host.channel() as channel:
+        stub = DynamicSubclassServiceStub(channel)
+        await setup(stub)
+        threads = {tuple(await ok(stub, "thread")) for _ in range(5)}
+        threads |= {tuple(t) for t in await asyncio.gather(*(ok(stub, "thread")
+                                                             for _ in range(5)))}
+        loop_thread = tuple(await ok(stub, "async_thread"))
+    assert len(threads) == 1  # always the same thread
+    assert threads != {loop_thread}  # and not the event loop's
+
+
+# --- the deployed security modes --------------------------------------------------------------
+
+
+def test_a_delegation_without_expires_at_never_expires(tmp_path: Path) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from model_runner.wire.auth import Delegation, verify_delegation
+    from tests.deployment import wallet_address
+
+    wallet = ed25519.Ed25519PrivateKey.generate()
+    tls_key = b"\x30" + os.urandom(40)  # any bytes stand for the TLS key here
+    message = json.dumps({"cert_pub": base64.b64encode(tls_key).decode(), "model_id": "m",
+                          "hotkey": None}).encode()
+    delegation = Delegation(base64.b64encode(message).decode(),
+                            base64.b64encode(wallet.sign(message)).decode(),
+                            wallet_address(wallet))
+    expires = verify_delegation(delegation.headers(), wallet_pubkey=wallet_address(wallet),
+                                model_id="m", hotkey=None, peer_spki=tls_key,
+                                now=time.time() + 10 * 365 * 86400)
+    assert expires == float("inf")
+
+
+def test_the_host_reads_a_renewed_delegation_without_a_restart(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from model_runner.security import DelegationHeaders
+    from model_runner.wire.auth import SERVER_AUTH_MESSAGE, Delegation, cert_spki
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    wallet = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "cruncher_msg.json"
+
+    def sign(model_id: str) -> Delegation:
+        return Delegation.sign(wallet, cert_pub=cert_spki(pki.server_cert.read_bytes()),
+                               model_id=model_id, hotkey=None, expires_at=int(time.time()) + 60)
+
+    sign("first").save(path)
+    headers = DelegationHeaders(path, pki.server_cert)
+    headers.RECHECK_SECONDS = 0.0
+
+    class Event:
+        def __init__(self) -> None:
+            self.metadata: dict[str, Any] = {}
+
+    def served() -> str:
+        event = Event()
+        asyncio.run(headers(event))
+        return str(event.metadata[SERVER_AUTH_MESSAGE])
+
+    first = served()
+    renewed = sign("renewed")
+    renewed.save(path)
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a later modification time
+    assert served() == renewed.message != first
+    path.write_text("{not json")
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    with caplog.at_level(logging.ERROR, logger="model_runner.security"):
+        assert served() == renewed.message  # a bad renewal keeps the previous delegation
+    assert "kept the previous delegation" in caplog.text
