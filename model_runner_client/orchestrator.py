@@ -89,7 +89,7 @@ def parse_entry(raw: Any) -> Entry:
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     """Seconds before reconnect attempt `attempt` (0 first): doubling from `initial`, capped at
     `maximum`, with jitter (half to all of it) so that many clients do not reconnect at once."""
-    return min(maximum, initial * 2 ** attempt) * random.uniform(0.5, 1.0)
+    return float(min(maximum, initial * 2 ** attempt) * random.uniform(0.5, 1.0))
 
 
 class OrchestratorLink:
