@@ -302,7 +302,7 @@ class ModelConcurrentRunner:
         """Connect, and return once every model of the orchestrator's first list is set up or
         has failed. Raises ConnectionError when no list came within INIT_TIMEOUT seconds."""
         client = await self._start()
-        if not await client._wait_listed(self.INIT_TIMEOUT):
+        if not await client.wait_listed(self.INIT_TIMEOUT):
             url = client.link.url if client.link is not None else "the model source"
             await self.close()
             raise ConnectionError(f"no model list from the orchestrator at {url} within "
@@ -341,7 +341,7 @@ class ModelConcurrentRunner:
         client = self.client
         models = None if model_runs is None else [r.model_id for r in model_runs]
         try:
-            results = await client._call_encoded(method_name, request, models=models,
+            results = await client.call_request(method_name, request, models=models,
                                                  timeout=timeout or self.timeout)
         except UnknownModelError as exc:
             raise InvalidCoordinatorUsageError(str(exc)) from None

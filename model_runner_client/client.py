@@ -154,7 +154,6 @@ class ModelRunnerClient:
             max_consecutive_failures=max_consecutive_failures,
             max_consecutive_timeouts=max_consecutive_timeouts, connect=self._connect,
             spawn=self._spawn, changed=self._notify, emit=self._emit)
-        self._slots = self._registry.slots  # (read by tests and benchmarks)
 
     @classmethod
     def from_addresses(
@@ -242,8 +241,9 @@ class ModelRunnerClient:
                                max_receive_message_length=self.max_receive_message_length,
                                transport=self.transport)
 
-    async def _wait_listed(self, timeout: float | None) -> bool:
-        """Whether the source listed its models within `timeout` seconds."""
+    async def wait_listed(self, timeout: float | None = None) -> bool:
+        """Whether the model source has delivered its complete list of models (the
+        orchestrator's first `init`) within `timeout` seconds; their Setups may still run."""
         with anyio.move_on_after(timeout):
             while not self._registry.is_listed:
                 await self._changed.wait()
@@ -272,6 +272,13 @@ class ModelRunnerClient:
     def listed(self) -> None:
         """The source has delivered its complete list of models."""
         self._registry.listed()
+
+    def forgive(self, models: Iterable[str | ModelEndpoint] | None = None) -> None:
+        """Reset the failure and timeout streaks of these models (default: all): after an
+        incident on the coordinator's side, so that no model is disconnected for it."""
+        for _, slot in self._registry.targets(models):
+            if slot is not None:
+                slot.streaks.forgive()
 
     def get_model(self, model_id: str) -> ModelEndpoint | None:
         """The ready model with this id, if the client holds one."""
@@ -390,10 +397,10 @@ class ModelRunnerClient:
                 except ArgumentError as exc:
                     raise ArgumentError(f"per_model arguments for {endpoint.model_id}: "
                                         f"{exc}") from None
-        return await self._call_encoded(method, request, models=models, timeout=timeout,
-                                        returns=returns)
+        return await self.call_request(method, request, models=models, timeout=timeout,
+                                       returns=returns)
 
-    async def _call_encoded(
+    async def call_request(
         self,
         method: str,
         request: bytes | Callable[[ModelEndpoint], bytes],
@@ -402,8 +409,10 @@ class ModelRunnerClient:
         timeout: float | None = None,
         returns: Any = None,
     ) -> CallResults:
-        """`call` with the CallRequest already encoded: the same bytes for every model, or
-        built per model (the compatibility layer sends protobuf-built requests through here)."""
+        """`call` with the CallRequest already encoded (its bytes, as protobuf or betterproto2
+        build them): the same bytes for every model, or built per model by a function of the
+        model. `method` names the call in results and logs. The old API sends its
+        protobuf-built requests through here."""
         self._require_started()
         deadline = self.timeout if timeout is None else timeout
         if deadline <= 0:

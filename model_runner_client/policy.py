@@ -34,6 +34,11 @@ class Streaks:
             return True
         return False
 
+    def forgive(self) -> None:
+        """Forget every streak, as if the model had just joined."""
+        self.failures.clear()
+        self.timeouts = self.skips_left = self.unreachable = 0
+
     def success(self, method: str) -> None:
         self.failures.pop(method, None)
         self.timeouts = self.skips_left = self.unreachable = 0

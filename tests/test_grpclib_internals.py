@@ -24,15 +24,16 @@ async def test_client_bounds_h2s_record_of_closed_streams(good_host: HostProcess
         await client.wait_for_models(1, timeout=20)
         for _ in range(CLOSED_STREAMS_KEPT + 100):
             assert (await client.call("predict", "BTC", 1))[0].ok
-        transport: Any = client._slots["good"].connection.transport
+        # An internals test: it reaches the model's transport through the client's registry.
+        transport: Any = client._registry.slots["good"].connection.transport
         assert isinstance(transport, GrpclibTransport)
         closed = transport._channel._protocol.connection._connection._closed_streams
         assert len(closed) <= CLOSED_STREAMS_KEPT
 
 
 async def test_client_reads_the_length_prefix_and_the_peer(toolbox_host: HostProcess) -> None:
-    """Stream._recv_initial_metadata_done, ._wrapper, ._stream.recv_data (the answer limit) and
-    Peer._transport (the TLS peer's key; here, no TLS: the transport is still found)."""
+    """The client's own events processor (EventsProcessor subclassed: the answer limit, read
+    from the length prefix) and Connection._transport (the TLS peer's key)."""
     client = ModelRunnerClient.from_addresses(
         [ModelEndpoint("tool", "127.0.0.1", toolbox_host.port, "d")], base_classname=BASE,
         transport="grpclib", max_receive_message_length=10_000)

@@ -49,3 +49,14 @@ def test_unreachable_streak_is_a_connection_failure() -> None:
     mixed.timeout()
     mixed.take_skip()
     assert mixed.timeout(unreachable=True) == "MULTIPLE_TIMEOUT"
+
+
+def test_forgive_forgets_every_streak() -> None:
+    streaks = Streaks(max_failures=3, max_timeouts=3)
+    streaks.failure("predict")
+    streaks.failure("predict")
+    streaks.timeout(unreachable=True)
+    streaks.forgive()
+    assert not streaks.take_skip()
+    assert streaks.failure("predict") is None  # counted from zero again
+    assert streaks.timeout() is None and streaks.timeout() is None
