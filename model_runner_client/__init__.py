@@ -4,7 +4,7 @@ from model_runner.wire.tls import client_tls_context
 
 from .client import ModelRunnerClient, UnknownModelError
 from .encoding import ArgumentError
-from .events import EventKind, FailureReport, ModelEvent
+from .events import EventKind, FailureReport, ModelEvent, ReportCode
 from .models import ModelEndpoint
 from .orchestrator import OrchestratorLink
 from .results import CallResult, CallResults, CallStatus
@@ -23,6 +23,7 @@ __all__ = [
     "ModelRunnerClient",
     "ModelSource",
     "OrchestratorLink",
+    "ReportCode",
     "StaticModels",
     "UnknownModelError",
     "client_tls_context",

@@ -13,7 +13,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .models import ModelEndpoint
 
-__all__ = ["EventKind", "FailureReport", "ModelEvent"]
+__all__ = ["EventKind", "FailureReport", "ModelEvent", "ReportCode"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +37,25 @@ class ModelEvent:
     reason: str = ""
 
 
+class ReportCode(StrEnum):
+    """Why a model is reported to the orchestrator (which stops it, and may quarantine it)."""
+
+    #: No usable class, or its constructor raised (Setup).
+    BAD_IMPLEMENTATION = "BAD_IMPLEMENTATION"
+    #: Nothing ever answered, or the host failed the security mode's identity check.
+    CONNECTION_FAILED = "CONNECTION_FAILED"
+    #: max_consecutive_failures failures of one method in a row.
+    MULTIPLE_FAILED = "MULTIPLE_FAILED"
+    #: max_consecutive_timeouts timeouts in a row.
+    MULTIPLE_TIMEOUT = "MULTIPLE_TIMEOUT"
+
+
 @dataclass(frozen=True)
 class FailureReport:
     """A model disconnected for its own fault; the orchestrator link sends it on."""
 
     model: ModelEndpoint
-    #: BAD_IMPLEMENTATION, CONNECTION_FAILED, MULTIPLE_FAILED or MULTIPLE_TIMEOUT.
+    #: A ReportCode (a str: the orchestrator's failure_code).
     code: str
     reason: str
 

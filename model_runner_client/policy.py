@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .events import ReportCode
+
 __all__ = ["Streaks"]
 
 
@@ -43,19 +45,20 @@ class Streaks:
         self.failures.pop(method, None)
         self.timeouts = self.skips_left = self.unreachable = 0
 
-    def failure(self, method: str) -> str | None:
+    def failure(self, method: str) -> ReportCode | None:
         """Record a failure; returns the report code if the model must be disconnected."""
         count = self.failures[method] = self.failures.get(method, 0) + 1
         # The model answered: it is responsive, whatever it answered.
         self.timeouts = self.skips_left = self.unreachable = 0
-        return "MULTIPLE_FAILED" if count >= self.max_failures else None
+        return ReportCode.MULTIPLE_FAILED if count >= self.max_failures else None
 
-    def timeout(self, *, unreachable: bool = False) -> str | None:
+    def timeout(self, *, unreachable: bool = False) -> ReportCode | None:
         """Record a timeout; returns the report code if the model must be disconnected."""
         self.timeouts += 1
         self.unreachable = self.unreachable + 1 if unreachable else 0
         self.skips_left = (self.timeouts + 1) // 2
         if self.timeouts >= self.max_timeouts:
             # Nothing ever answered: the host is gone rather than slow.
-            return "CONNECTION_FAILED" if self.unreachable >= self.timeouts else "MULTIPLE_TIMEOUT"
+            return (ReportCode.CONNECTION_FAILED if self.unreachable >= self.timeouts
+                    else ReportCode.MULTIPLE_TIMEOUT)
         return None

@@ -35,7 +35,7 @@ from model_runner.wire import SERVICE_NAME, StatusCode
 from model_runner.wire.codes import names_unimportable_base
 
 from .connection import ModelConnection
-from .events import EventKind, FailureReport, ModelEvent
+from .events import EventKind, FailureReport, ModelEvent, ReportCode
 from .fanout import Kind, Outcome
 from .models import ModelEndpoint
 from .policy import Streaks
@@ -221,8 +221,8 @@ class Registry:
                                     f"{problem}")
             self._ever_held.add(endpoint.model_id)
             self.departed[endpoint.model_id] = endpoint
-            self._report(endpoint, "CONNECTION_FAILED", f"{problem}; the orchestrator gave "
-                                                        "an address no connection can reach")
+            self._report(endpoint, ReportCode.CONNECTION_FAILED,
+                         f"{problem}; the orchestrator gave an address no connection can reach")
             return
         current = self.slots.get(endpoint.model_id)
         if current is not None:
@@ -293,7 +293,7 @@ class Registry:
         if self.slots.get(slot.endpoint.model_id) is slot:
             del self.slots[slot.endpoint.model_id]
 
-    def _drop(self, slot: Slot, reason: str, report_code: str | None = None) -> None:
+    def _drop(self, slot: Slot, reason: str, report_code: ReportCode | None = None) -> None:
         if slot.gone:
             return
         was_ready = slot.callable
@@ -309,7 +309,7 @@ class Registry:
             logger.warning("model %s dropped before it was ready: %s", slot.endpoint, reason)
         self._changed()
 
-    def _report(self, endpoint: ModelEndpoint, code: str, reason: str) -> None:
+    def _report(self, endpoint: ModelEndpoint, code: ReportCode, reason: str) -> None:
         key = (endpoint.model_id, endpoint.deployment_id)
         if key in self._reported:
             return  # one report per deployment: the orchestrator stops the model for good
@@ -354,7 +354,7 @@ class Registry:
                                                                  self.setup_timeout)
             except UntrustedHost as exc:
                 self._drop(slot, f"the host failed the identity check: {exc}",
-                           "CONNECTION_FAILED")
+                           ReportCode.CONNECTION_FAILED)
                 return
             except Exception as exc:  # grpclib/asyncio errors, and odd ones (UnicodeError, ...)
                 if slot.gone:
@@ -369,11 +369,11 @@ class Registry:
                 if isinstance(exc, GRPCError) and exc.status is GrpcStatus.INTERNAL:
                     # How older hosts say the constructor raised: the model's fault, final.
                     self._drop(slot, f"Setup failed: gRPC INTERNAL: {exc.message}",
-                               "BAD_IMPLEMENTATION")
+                               ReportCode.BAD_IMPLEMENTATION)
                     return
                 if attempt == self.connect_attempts:
                     self._drop(slot, f"could not set up after {attempt} attempts: "
-                                     f"{type(exc).__name__}: {exc}", "CONNECTION_FAILED")
+                                     f"{type(exc).__name__}: {exc}", ReportCode.CONNECTION_FAILED)
                     return
                 delay = min(8.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 logger.info("Setup of %s failed (%s: %s); retrying in %.1fs", endpoint,
@@ -397,7 +397,7 @@ class Registry:
                     and names_unimportable_base(message)):
                 self._base_not_found(slot, message)
             elif code in (StatusCode.BAD_IMPLEMENTATION, StatusCode.SETUP_FAILED):
-                self._drop(slot, f"Setup answered {code}: {message}", "BAD_IMPLEMENTATION")
+                self._drop(slot, f"Setup answered {code}: {message}", ReportCode.BAD_IMPLEMENTATION)
             else:  # INVALID_ARGUMENT and the like: the coordinator's mistake, not the model's
                 logger.error("Setup of %s answered %s: %s; check base_classname and the "
                              "instance arguments", endpoint, code or "no status", message)
@@ -425,7 +425,7 @@ class Registry:
         self._base_imported = True
         deferred, self._unimportable = self._unimportable, {}
         for endpoint, reason in deferred.values():  # other hosts import it: the submission's
-            self._report(endpoint, "BAD_IMPLEMENTATION",
+            self._report(endpoint, ReportCode.BAD_IMPLEMENTATION,
                          f"{reason} (other model hosts import it)")
 
     async def _probe(self, slot: Slot) -> None:
@@ -468,7 +468,7 @@ class Registry:
             return  # left during the call: nothing to count
         streaks = slot.streaks
         kind = outcome.kind
-        verdict: str | None = None
+        verdict: ReportCode | None = None
         if kind is Kind.SUCCESS:
             streaks.success(method)
         elif kind in (Kind.MODEL_FAILURE, Kind.MISSING_METHOD):
@@ -482,13 +482,13 @@ class Registry:
         elif kind in (Kind.REFUSED, Kind.COORDINATOR, Kind.CLIENT_BUG):
             pass  # our credentials, the coordinator's call, our bug: not the model's fault
         elif kind is Kind.UNTRUSTED:
-            verdict = "CONNECTION_FAILED"  # never call a host that is not the cruncher's
+            verdict = ReportCode.CONNECTION_FAILED  # never call a host that is not the cruncher's
         elif kind in (Kind.TIMEOUT, Kind.UNREACHABLE):
             verdict = streaks.timeout(unreachable=kind is Kind.UNREACHABLE)
             if verdict is None:
                 slot.request(Check.PROBE)
         if verdict is not None:
-            if verdict == "MULTIPLE_FAILED":
+            if verdict == ReportCode.MULTIPLE_FAILED:
                 reason = (f"{streaks.failures[method]} failures of {method} in a row; "
                           f"last: {outcome.detail}")
             elif kind is Kind.UNTRUSTED:
