@@ -56,3 +56,16 @@ def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     take it from MODEL_RUNNER_TRANSPORT)."""
     monkeypatch.setenv("MODEL_RUNNER_TRANSPORT", request.param)
     return str(request.param)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked transport_independent, in a module that runs per transport, runs once."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("transport") if callspec is not None else None
+        independent = item.get_closest_marker("transport_independent") is not None
+        (drop if independent and param not in (None, TRANSPORTS[0]) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

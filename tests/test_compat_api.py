@@ -58,6 +58,7 @@ def argument(position: int, type_: int, value: Any) -> Argument:
                                                     value=encode_data(type_, value)))
 
 
+@pytest.mark.transport_independent
 def test_import_paths_and_names() -> None:
     assert ByModulePath is DynamicSubclassModelConcurrentRunner
     assert issubclass(DynamicSubclassModelConcurrentRunner, ModelConcurrentRunner)
@@ -79,12 +80,14 @@ def test_import_paths_and_names() -> None:
                                          (-3, VariantType.INT), ("é", VariantType.STRING),
                                          ({"a": [1, 2.5]}, VariantType.JSON),
                                          ([float("nan")], VariantType.JSON)])
+@pytest.mark.transport_independent
 def test_datatype_transformer_round_trips(value: Any, type_: int) -> None:
     assert detect_data_type(value) == type_
     back = decode_data(encode_data(type_, value), type_)
     assert json.dumps(back) == json.dumps(value)
 
 
+@pytest.mark.transport_independent
 def test_datatype_transformer_errors_say_what_to_send() -> None:
     with pytest.raises(ValueError, match="unsupported data type: set"):
         detect_data_type({1})
@@ -94,6 +97,7 @@ def test_datatype_transformer_errors_say_what_to_send() -> None:
         decode_data(b"{not json", VariantType.JSON)
 
 
+@pytest.mark.transport_independent
 def test_the_old_package_name_is_not_needed() -> None:
     """The compat layer imports without grpcio (the old client's transport)."""
     code = ("import sys; sys.modules['grpc'] = None; "

@@ -253,6 +253,7 @@ async def test_host_serves_its_delegation_to_the_old_api(
         assert orchestrator.reports == []
 
 
+@pytest.mark.transport_independent
 def test_host_refuses_a_delegation_for_another_key(pki: Pki, tmp_path: Path) -> None:
     from tests.test_cli import assert_one_line_error, run_cli
     path = tmp_path / "delegation.json"
@@ -319,6 +320,7 @@ async def raw_call(port: int, pki: Pki, metadata: dict[str, str] | None) -> GRPC
     ("other model", "for model 'm2', not this host's 'm1'"),
     ("bad signature", "signature does not verify"),
 ])
+@pytest.mark.transport_independent
 async def test_gateway_mode_refused(case: str, reason: str, gateway_host: HostProcess,
                                     pki: Pki, coordinator_key: rsa.RSAPrivateKey) -> None:
     now = int(time.time())
@@ -336,6 +338,7 @@ async def test_gateway_mode_refused(case: str, reason: str, gateway_host: HostPr
     assert reason in (refused.message or "")
 
 
+@pytest.mark.transport_independent
 async def test_gateway_health_stays_open(gateway_host: HostProcess, pki: Pki) -> None:
     from grpclib.health.v1.health_grpc import HealthStub
     from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
@@ -344,6 +347,7 @@ async def test_gateway_health_stays_open(gateway_host: HostProcess, pki: Pki) ->
         assert response.status == HealthCheckResponse.SERVING
 
 
+@pytest.mark.transport_independent
 def test_gateway_verifier_file_errors(tmp_path: Path) -> None:
     path = tmp_path / "allowed.txt"
     path.write_text("not-a-hash\n")

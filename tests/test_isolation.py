@@ -123,6 +123,7 @@ class _SlowSocket:
         self.sent.append(json.loads(text)["data"][0]["model_id"])
 
 
+@pytest.mark.transport_independent
 async def test_reports_go_out_once_each_in_order_under_back_pressure() -> None:
     link = OrchestratorLink("crunch", "127.0.0.1", 1)
     ws = _SlowSocket()

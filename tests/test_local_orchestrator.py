@@ -53,6 +53,7 @@ async def test_hosts_join_recover_redeploy_and_stop_on_report() -> None:
             await until(lambda: "raising" not in {m.model_id for m in client.models})
 
 
+@pytest.mark.transport_independent
 async def test_a_host_that_keeps_dying_is_stopped_after_bounded_restarts() -> None:
     # A host started with an invalid option exits at once, every time.
     spec = ModelSpec(SUBMISSIONS / "good_tracker", "dies",
@@ -62,6 +63,7 @@ async def test_a_host_that_keeps_dying_is_stopped_after_bounded_restarts() -> No
         assert orchestrator.models["dies"].restarts == 3
 
 
+@pytest.mark.transport_independent
 def test_config_file(tmp_path: Path) -> None:
     config = tmp_path / "models.toml"
     config.write_text('crunch_id = "bird"\npython_path = ["lib"]\n'
@@ -75,6 +77,7 @@ def test_config_file(tmp_path: Path) -> None:
         load_config(config)
 
 
+@pytest.mark.transport_independent
 def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "model_runner.local_orchestrator",
                              str(tmp_path / "missing")], capture_output=True, text=True,

@@ -131,6 +131,7 @@ async def test_malformed_frames_are_skipped(peer: Peer, good_host: HostProcess,
         assert client.link is not None and client.link.connections == 1  # never dropped
 
 
+@pytest.mark.transport_independent
 def test_parse_entry_errors_say_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="lacks deployment_id, state"):
         parse_entry({"model_id": "x"})

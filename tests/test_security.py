@@ -118,6 +118,7 @@ async def test_bearer_token(caplog: pytest.LogCaptureFixture) -> None:
     (["--tls-cert", "x.pem"], "go together"),
     (["--tls-client-ca", "ca.pem"], "needs --tls-cert"),
 ])
+@pytest.mark.transport_independent
 def test_tls_option_errors(args: list[str], needle: str) -> None:
     result = subprocess.run([sys.executable, "-m", "model_runner", "--code-directory",
                              str(SUBMISSIONS / "good_tracker"), "--address", "127.0.0.1:0",
@@ -125,6 +126,7 @@ def test_tls_option_errors(args: list[str], needle: str) -> None:
     assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.transport_independent
 def test_unusable_tls_files(tmp_path: Path) -> None:
     (tmp_path / "cert.pem").write_text("not a certificate")
     (tmp_path / "key.pem").write_text("not a key")

@@ -58,6 +58,7 @@ call_responses = st.builds(CallResponse,
                            method_response=st.none() | variants)
 
 
+@pytest.mark.transport_independent
 @given(request=call_requests)
 def test_call_request_bytes_match_protobuf(pb: dict[str, ModuleType], request: CallRequest) -> None:
     reference = pb["dynamic_subclass_pb2"].CallRequest.FromString(bytes(request))
@@ -65,6 +66,7 @@ def test_call_request_bytes_match_protobuf(pb: dict[str, ModuleType], request: C
     assert CallRequest.parse(reference.SerializeToString()) == request
 
 
+@pytest.mark.transport_independent
 @given(response=call_responses)
 def test_call_response_bytes_match_protobuf(pb: dict[str, ModuleType],
                                             response: CallResponse) -> None:
@@ -72,6 +74,7 @@ def test_call_response_bytes_match_protobuf(pb: dict[str, ModuleType],
     assert reference.SerializeToString() == bytes(response)
 
 
+@pytest.mark.transport_independent
 def test_enum_numbers_match(pb: dict[str, ModuleType]) -> None:
     reference = pb["commons_pb2"].VariantType
     assert {name: reference.Value(name) for name in reference.keys()} == {
@@ -83,6 +86,7 @@ def _pb_variant(pb: dict[str, ModuleType], value: Any) -> Any:
     return pb["commons_pb2"].Variant(type=int(variant.type), value=variant.value)
 
 
+@pytest.mark.transport_independent
 def test_grpcio_client_against_our_server(
     pb: dict[str, ModuleType], toolbox_host: HostProcess
 ) -> None:
