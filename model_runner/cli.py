@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import containment, eventloop
+from .check import static_findings
 from .host import (
     DEFAULT_MAX_MESSAGE_LENGTH,
     ConnectionLimits,
@@ -425,6 +426,10 @@ async def _serve(config: HostConfig) -> None:
         logger.info("has_gpu=%s main_file=%s resource_directory=%s (options of existing "
                     "deployments; they change nothing here)", config.has_gpu, config.main_file,
                     config.resource_directory)
+        # What `model-runner check` finds without running the submission; the host still
+        # serves, as the deployed host does (Setup will say what fails).
+        for problem in static_findings(config.code_directory):
+            logger.warning("submission check: %s", problem)
 
     try:
         await host.serve_until_signalled(on_ready=announce)
@@ -435,9 +440,14 @@ async def _serve(config: HostConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["check"]:  # `model-runner check`: try a submission, then exit
+        from .check import main as check
+        check(arguments[1:])
+        return
     containment.die_with_parent()
     try:
-        config, level = build_config(argv)
+        config, level = build_config(arguments)
         logging.basicConfig(level=level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         containment.install()
