@@ -18,9 +18,14 @@ import sys
 from pathlib import Path
 
 import anyio
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
+
+try:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+except ModuleNotFoundError:
+    sys.exit("demo: this needs the demo extra: pip install -e '.[demo]' "
+             "(or pip install 'model-runner[demo]')")
 
 EXAMPLES = Path(__file__).resolve().parent
 sys.path.insert(0, str(EXAMPLES))  # the Crunch package and the example coordinator

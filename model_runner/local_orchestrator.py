@@ -50,6 +50,8 @@ __all__ = ["LocalOrchestrator", "ModelSpec", "load_config"]
 
 logger = logging.getLogger(__name__)
 
+#: The Crunch id of a local orchestrator started without one (the README's examples use it).
+DEFAULT_CRUNCH_ID = "demo"
 #: A host up this long (seconds) before dying is restarted as if for the first time.
 _STABLE_AFTER = 10.0
 
@@ -294,7 +296,8 @@ class LocalOrchestrator:
                 await host.stop_async()  # a redeploy replaced this restart while it started
                 return
             await self.broadcast([model.entry("RUNNING")])
-            logger.info("model %s RUNNING on port %d", model.deployment_id, host.port)
+            logger.info("model %s RUNNING on port %d (pid %d)", model.deployment_id, host.port,
+                        host.pid)
         self._set_state(model, "RUNNING")
         while host is model.host and host.proc is not None and host.proc.poll() is None:  # noqa: ASYNC110
             await anyio.sleep(0.1)  # a child process offers no awaitable exit
@@ -384,28 +387,38 @@ def load_config(path: Path) -> tuple[str, list[ModelSpec], list[Path]]:
             raise ValueError(f"{path}: models[{i}] needs a code_directory")
         models.append(ModelSpec(base / raw["code_directory"], str(raw.get("id", "")),
                                 str(raw.get("name", "")), str(raw.get("cruncher", ""))))
-    return (str(data.get("crunch_id", "local")), models,
+    return (str(data.get("crunch_id", DEFAULT_CRUNCH_ID)), models,
             [base / p for p in data.get("python_path", [])])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m model_runner.local_orchestrator",
+        prog="model-runner-local-orchestrator",
         description="Run model hosts for local submissions and announce them over the Model "
-                    "Orchestrator's websocket protocol.")
+                    "Orchestrator's websocket protocol (ws://HOST:PORT/CRUNCH_ID). For "
+                    "development, tests and demos; production runs hosts as containers.")
     parser.add_argument("code_directories", nargs="*", type=Path,
-                        help="submission folders (one model each)")
-    parser.add_argument("--config", type=Path, help="a TOML file listing the models")
-    parser.add_argument("--crunch-id", default=None)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9091)
+                        help="submission folders, one model each (its id: the folder's name)")
+    parser.add_argument("--config", type=Path,
+                        help="a TOML file listing the models (format: python -m "
+                             "model_runner.local_orchestrator's module docstring)")
+    parser.add_argument("--crunch-id", default=None,
+                        help="the Crunch id clients connect with (default: the config's, "
+                             "else %(default)s)".replace("%(default)s", DEFAULT_CRUNCH_ID))
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="where the websocket listens (default %(default)s)")
+    parser.add_argument("--port", type=int, default=9091,
+                        help="the websocket's port; 0 picks a free one (default %(default)s)")
     parser.add_argument("--python-path", type=Path, action="append", default=[],
-                        help="a folder to put on the model hosts' PYTHONPATH (repeatable)")
-    parser.add_argument("--max-restarts", type=int, default=3)
+                        help="a folder to put on the model hosts' PYTHONPATH, e.g. the "
+                             "Crunch's package (repeatable)")
+    parser.add_argument("--max-restarts", type=int, default=3,
+                        help="restarts of a host that keeps dying before it is STOPPED "
+                             "(default %(default)s)")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
-    crunch_id, python_path = "local", list(options.python_path)
+    crunch_id, python_path = DEFAULT_CRUNCH_ID, list(options.python_path)
     specs: list[ModelSpec] = []
     try:
         if options.config is not None:
@@ -414,6 +427,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         specs += [ModelSpec(d) for d in options.code_directories]
     except ValueError as exc:
         parser.exit(2, f"local_orchestrator: error: {exc}\n")
+    ids = [s.id for s in specs]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        parser.exit(2, f"local_orchestrator: error: model ids must be unique; repeated: "
+                       f"{', '.join(repeated)} (a folder named twice, or two folders with "
+                       "one name: give them ids in a --config)\n")
     missing = [str(s.code_directory) for s in specs if not s.code_directory.is_dir()]
     if not specs or missing:
         parser.exit(2, "local_orchestrator: error: "

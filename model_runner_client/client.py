@@ -448,8 +448,8 @@ class ModelRunnerClient:
             elif slot.streaks.take_skip():
                 results[index] = CallResult.make(
                     slot.endpoint, CallStatus.TIMEOUT,
-                    detail=f"skipped while cooling down after {slot.streaks.timeouts} "
-                           "timeouts in a row")
+                    detail="skipped while cooling down after "
+                           + _count(slot.streaks.timeouts, "timeout") + " in a row")
             else:
                 assert payload is not None
                 jobs.append(Job(slot.connection, payload))
@@ -483,3 +483,8 @@ class ModelRunnerClient:
         if not self._started:
             raise RuntimeError("the client is not started: use `async with client:` "
                                "or `await client.start()` first")
+
+
+def _count(number: int, noun: str) -> str:
+    """'1 timeout', '2 timeouts'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -494,5 +494,6 @@ class Registry:
             elif kind is Kind.UNTRUSTED:
                 reason = outcome.detail
             else:
-                reason = f"{streaks.timeouts} timeouts in a row; last: {outcome.detail}"
+                plural = "" if streaks.timeouts == 1 else "s"
+                reason = f"{streaks.timeouts} timeout{plural} in a row; last: {outcome.detail}"
             self._drop(slot, reason, verdict)

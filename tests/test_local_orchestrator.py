@@ -15,13 +15,20 @@ from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, TEST_SUBMISSIONS, until
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 
-async def test_hosts_join_recover_redeploy_and_stop_on_report() -> None:
+async def test_hosts_join_recover_redeploy_and_stop_on_report(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    caplog.set_level(logging.INFO, logger="model_runner.local_orchestrator")
     specs = [ModelSpec(SUBMISSIONS / "good_tracker", "good", cruncher="alice"),
              ModelSpec(TEST_SUBMISSIONS / "toolbox", "tool"),
              ModelSpec(SUBMISSIONS / "raising_tracker", "raising")]
     events: list[ModelEvent] = []
     async with LocalOrchestrator("crunch", specs, python_path=[EXAMPLES]) as orchestrator:
         await orchestrator.wait_running(timeout=60)
+        for spec in specs:  # each host's port and pid, for whoever debugs a model
+            host = orchestrator.models[spec.id].host
+            assert host is not None
+            assert f"RUNNING on port {host.port} (pid {host.pid})" in caplog.text
         client = ModelRunnerClient("crunch", "127.0.0.1", orchestrator.port, base_classname=BASE,
                                    timeout=2.0, max_consecutive_failures=1, on_event=events.append)
         async with client:
@@ -84,3 +91,29 @@ def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
                             timeout=30)
     assert result.returncode == 2 and "no such folders" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.transport_independent
+def test_a_folder_named_twice_is_a_one_line_error() -> None:
+    folder = str(SUBMISSIONS / "good_tracker")
+    result = subprocess.run([sys.executable, "-m", "model_runner.local_orchestrator", folder,
+                             folder], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "local_orchestrator: error: model ids must be unique; repeated: good_tracker (a folder "
+        "named twice, or two folders with one name: give them ids in a --config)"]
+
+
+@pytest.mark.transport_independent
+def test_the_console_script_explains_every_option_and_its_default() -> None:
+    import shutil
+    script = shutil.which("model-runner-local-orchestrator",
+                          path=str(Path(sys.executable).parent))
+    assert script is not None
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    help_text = " ".join(result.stdout.split())
+    for needle in ("--crunch-id", "else demo", "--port", "(default 9091)", "--host",
+                   "(default 127.0.0.1)", "--max-restarts", "(default 3)", "--python-path",
+                   "--config"):
+        assert needle in help_text, needle
