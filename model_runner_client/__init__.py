@@ -2,7 +2,7 @@
 
 from model_runner.wire.tls import client_tls_context
 
-from .client import ModelRunnerClient, UnknownModelError
+from .client import ClientOptions, ModelRunnerClient, UnknownModelError
 from .encoding import ArgumentError
 from .events import EventKind, FailureReport, ModelEvent, ReportCode
 from .models import ModelEndpoint
@@ -15,6 +15,7 @@ __all__ = [
     "CallResult",
     "CallResults",
     "CallStatus",
+    "ClientOptions",
     "EventKind",
     "FailureReport",
     "ModelEndpoint",

@@ -352,7 +352,7 @@ class ModelConcurrentRunner:
         return by_runner
 
 
-def _predict_result(runner: ModelRunner, result: CallResult) -> ModelPredictResult:
+def _predict_result(runner: ModelRunner, result: CallResult[Any]) -> ModelPredictResult:
     return ModelPredictResult(runner, result.output, _STATUS[result.status], result.latency_us,
                               result.detail or None)
 

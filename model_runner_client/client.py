@@ -21,7 +21,7 @@ from collections.abc import (
     Sequence,
 )
 from types import TracebackType
-from typing import Any, Self, TypeVarTuple, Unpack
+from typing import Any, Self, TypedDict, TypeVar, TypeVarTuple, Unpack, overload
 
 import anyio
 
@@ -52,6 +52,7 @@ DEFAULT_MAX_ANSWER = 4 * 1024 * 1024
 
 
 Ts = TypeVarTuple("Ts")
+T = TypeVar("T")
 
 
 async def _guarded(fn: Callable[[Unpack[Ts]], Awaitable[object]], *args: *Ts) -> None:
@@ -64,6 +65,30 @@ async def _guarded(fn: Callable[[Unpack[Ts]], Awaitable[object]], *args: *Ts) ->
                          getattr(fn, "__name__", fn))
 
 
+class ClientOptions(TypedDict, total=False):
+    """The keywords of `ModelRunnerClient` besides where the models come from (typed, so that
+    a misspelt one is an error for mypy in `from_addresses` too)."""
+
+    timeout: float
+    max_consecutive_failures: int
+    max_consecutive_timeouts: int
+    instance_args: Sequence[Any]
+    instance_kwargs: Mapping[str, Any] | None
+    max_concurrent_calls: int
+    max_receive_message_length: int
+    setup_timeout: float
+    connect_attempts: int
+    on_failure: FailureCallback | None
+    on_event: EventCallback | None
+    ssl: _ssl.SSLContext | None
+    auth_token: str | None
+    metadata: Mapping[str, str] | None
+    secure_credentials: SecureCredentials | None
+    gateway_credentials: GatewayCredentials | None
+    report_failure: bool
+    transport: TransportName | None
+
+
 class ModelRunnerClient:
     """Calls a live set of models concurrently, each call with a deadline.
 
@@ -71,6 +96,31 @@ class ModelRunnerClient:
     `from_addresses([...])` uses a fixed list instead, and `source=` any `ModelSource`. Then
     `async with client:` connects, and `await client.call(...)` returns one `CallResult` per
     model.
+
+    Args:
+        crunch_id, host, port: the orchestrator's websocket (`ws://host:port/<crunch_id>`).
+        base_classname: the Crunch's base class, a full dotted path; each host finds the
+            submission's subclass of it at Setup.
+        timeout: the default deadline of a call, in seconds.
+        max_consecutive_failures: failures of one method in a row before a model is
+            disconnected and reported MULTIPLE_FAILED.
+        max_consecutive_timeouts: timeouts in a row before MULTIPLE_TIMEOUT (or
+            CONNECTION_FAILED when nothing ever answered).
+        instance_args, instance_kwargs: the constructor's arguments, sent with Setup.
+        max_concurrent_calls: calls in flight at once; more wait, and those still waiting at
+            the deadline come back TIMEOUT ("not sent").
+        max_receive_message_length: the largest answer read, in bytes (default 4 MiB); a
+            larger one is that model's FAILURE, refused from its length prefix.
+        setup_timeout: the deadline of each Setup, in seconds.
+        connect_attempts: Setup attempts (with backoff) before a model that cannot be
+            reached is reported CONNECTION_FAILED.
+        on_failure: called with each FailureReport (a model disconnected for its own fault).
+        on_event: called with each ModelEvent (JOINED, LEFT, REDEPLOYED).
+        ssl, auth_token, metadata, secure_credentials, gateway_credentials: how calls are
+            secured (README "Security").
+        report_failure: send reports to the orchestrator (False: log them only).
+        source: any ModelSource instead of the orchestrator.
+        transport: "ngh2" (default) or "grpclib"; MODEL_RUNNER_TRANSPORT chooses too.
     """
 
     def __init__(
@@ -157,7 +207,8 @@ class ModelRunnerClient:
 
     @classmethod
     def from_addresses(
-        cls, addresses: Iterable[str | ModelEndpoint], *, base_classname: str, **options: Any
+        cls, addresses: Iterable[str | ModelEndpoint], *, base_classname: str,
+        **options: Unpack[ClientOptions],
     ) -> ModelRunnerClient:
         """A client over a fixed list of model hosts (`"host:port"` or `ModelEndpoint`)."""
         endpoints = [a if isinstance(a, ModelEndpoint) else ModelEndpoint.from_address(a)
@@ -364,6 +415,18 @@ class ModelRunnerClient:
 
     # --- calling ---------------------------------------------------------------------------
 
+    @overload
+    async def call(self, method: str, *args: Any, kwargs: Mapping[str, Any] | None = None,
+                   models: Iterable[str | ModelEndpoint] | None = None,
+                   timeout: float | None = None, returns: None = None,
+                   per_model: PerModel | None = None) -> CallResults[Any]: ...
+
+    @overload
+    async def call(self, method: str, *args: Any, kwargs: Mapping[str, Any] | None = None,
+                   models: Iterable[str | ModelEndpoint] | None = None,
+                   timeout: float | None = None, returns: type[T],
+                   per_model: PerModel | None = None) -> CallResults[T]: ...
+
     async def call(
         self,
         method: str,
@@ -373,7 +436,7 @@ class ModelRunnerClient:
         timeout: float | None = None,
         returns: Any = None,
         per_model: PerModel | None = None,
-    ) -> CallResults:
+    ) -> CallResults[Any]:
         """Call `method` on every ready model (or on `models`) at once; one result each.
 
         Returns within `timeout` (default: the client's) plus a few milliseconds, however many
@@ -408,7 +471,7 @@ class ModelRunnerClient:
         models: Iterable[str | ModelEndpoint] | None = None,
         timeout: float | None = None,
         returns: Any = None,
-    ) -> CallResults:
+    ) -> CallResults[Any]:
         """`call` with the CallRequest already encoded (its bytes, as protobuf or betterproto2
         build them): the same bytes for every model, or built per model by a function of the
         model. `method` names the call in results and logs. The old API sends its
@@ -431,7 +494,7 @@ class ModelRunnerClient:
                 payloads.append(shared if shared is not None or isinstance(request, bytes)
                                 else frame(request(slot.endpoint)))
 
-        results: list[CallResult | None] = [None] * len(targets)
+        results: list[CallResult[Any] | None] = [None] * len(targets)
         jobs: list[Job] = []
         sent: list[tuple[int, Slot]] = []
         for index, ((model_id, slot), payload) in enumerate(zip(targets, payloads, strict=True)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, overload
+from typing import Any, Generic, TypeVar, overload
 
 from .models import ModelEndpoint
 
@@ -36,9 +36,12 @@ class DeferredOutput:
 
 _UNREAD = object()
 
+#: The type of a result's output: what `returns=` names (Any without it).
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True, repr=False)
-class CallResult:
+class CallResult(Generic[T]):
     model_id: str
     status: CallStatus
     #: The result, or a DeferredOutput (read through `output`).
@@ -56,16 +59,16 @@ class CallResult:
     _decoded: Any = field(default=_UNREAD, compare=False)
 
     @property
-    def output(self) -> Any:
+    def output(self) -> T:
         """The decoded result (None unless SUCCESS). An answer over 256 KiB is decoded here,
         the first time it is read (the call only checked it): a tick's length never depends on
         what the answers weigh. Raises ValueError if it does not match `returns=`."""
         raw = self.raw_output
         if not isinstance(raw, DeferredOutput):
-            return raw
+            return raw  # type: ignore[no-any-return]
         if self._decoded is _UNREAD:
             object.__setattr__(self, "_decoded", raw.resolve())
-        return self._decoded
+        return self._decoded  # type: ignore[no-any-return]
 
     @property
     def ok(self) -> bool:
@@ -81,28 +84,28 @@ class CallResult:
 
     @classmethod
     def make(cls, model: ModelEndpoint, status: CallStatus, output: Any = None,
-             latency_us: int = 0, detail: str = "") -> CallResult:
+             latency_us: int = 0, detail: str = "") -> CallResult[Any]:
         return cls(model.model_id, status, output, latency_us, detail, model.model_name,
                    model.cruncher_name, model.cruncher_id, model.deployment_id, model)
 
 
-class CallResults(Sequence[CallResult]):
+class CallResults(Sequence[CallResult[T]]):
     """One result per targeted model, in target order; also indexable by model_id."""
 
     __slots__ = ("_by_id", "_results")
 
-    def __init__(self, results: list[CallResult]) -> None:
+    def __init__(self, results: list[CallResult[T]]) -> None:
         self._results = results
         self._by_id = {r.model_id: r for r in results}
 
     @overload
-    def __getitem__(self, key: int) -> CallResult: ...
+    def __getitem__(self, key: int) -> CallResult[T]: ...
     @overload
-    def __getitem__(self, key: slice) -> Sequence[CallResult]: ...
+    def __getitem__(self, key: slice) -> Sequence[CallResult[T]]: ...
     @overload
-    def __getitem__(self, key: str) -> CallResult: ...
+    def __getitem__(self, key: str) -> CallResult[T]: ...
 
-    def __getitem__(self, key: int | slice | str) -> CallResult | Sequence[CallResult]:
+    def __getitem__(self, key: int | slice | str) -> CallResult[T] | Sequence[CallResult[T]]:
         if isinstance(key, str):
             try:
                 return self._by_id[key]
@@ -113,7 +116,7 @@ class CallResults(Sequence[CallResult]):
     def __len__(self) -> int:
         return len(self._results)
 
-    def __iter__(self) -> Iterator[CallResult]:
+    def __iter__(self) -> Iterator[CallResult[T]]:
         return iter(self._results)
 
     def __contains__(self, item: object) -> bool:
@@ -121,14 +124,14 @@ class CallResults(Sequence[CallResult]):
             return item in self._by_id
         return item in self._results
 
-    def get(self, model_id: str) -> CallResult | None:
+    def get(self, model_id: str) -> CallResult[T] | None:
         return self._by_id.get(model_id)
 
-    def with_status(self, status: CallStatus) -> list[CallResult]:
+    def with_status(self, status: CallStatus) -> list[CallResult[T]]:
         return [r for r in self._results if r.status is status]
 
     @property
-    def outputs(self) -> dict[str, Any]:
+    def outputs(self) -> dict[str, T]:
         """model_id → output of every successful call."""
         return {r.model_id: r.output for r in self._results if r.status is CallStatus.SUCCESS}
 
