@@ -312,18 +312,6 @@ class ModelRunnerClient:
         """Models still connecting or being set up."""
         return self._registry.pending
 
-    def upsert(self, endpoint: ModelEndpoint) -> None:
-        """Add a model, or replace it when its address or deployment changed."""
-        self._registry.upsert(endpoint)
-
-    def remove(self, model_id: str, reason: str, *, deployment_id: str | None = None) -> None:
-        """Remove a model (if `deployment_id` is given, only if it is still that deployment)."""
-        self._registry.remove(model_id, reason, deployment_id=deployment_id)
-
-    def listed(self) -> None:
-        """The source has delivered its complete list of models."""
-        self._registry.listed()
-
     def forgive(self, models: Iterable[str | ModelEndpoint] | None = None) -> None:
         """Reset the failure and timeout streaks of these models (default: all): after an
         incident on the coordinator's side, so that no model is disconnected for it."""
@@ -338,9 +326,6 @@ class ModelRunnerClient:
     def model_ids(self) -> set[str]:
         """Every model held, ready or still being set up."""
         return self._registry.model_ids()
-
-    def deployment_of(self, model_id: str) -> str | None:
-        return self._registry.deployment_of(model_id)
 
     async def _deliver_report(self, report: FailureReport) -> None:
         if self.link is not None:

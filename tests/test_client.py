@@ -331,18 +331,36 @@ async def test_wait_for_models_times_out_with_a_clear_message() -> None:
 
 # --- events and closing ---
 
+class ScriptedSource:
+    """A ModelSource a test drives by hand, through the registry the client gives it (the
+    hooks a source uses are not the coordinator's API)."""
+
+    problem = None
+
+    def __init__(self, endpoints: list[ModelEndpoint]) -> None:
+        self.endpoints = endpoints
+        self.registry: Any = None
+
+    async def run(self, registry: Any) -> None:
+        self.registry = registry
+        for model in self.endpoints:
+            registry.upsert(model)
+        registry.listed()
+
+
 async def test_events_as_an_async_iterator(good_host: HostProcess) -> None:
-    client = make_client([endpoint(good_host, "a"), endpoint(good_host, "b")])
+    source = ScriptedSource([endpoint(good_host, "a"), endpoint(good_host, "b")])
+    client = ModelRunnerClient(source=source, base_classname=BASE, timeout=2.0)
     async with client:
         events = client.events()
         seen = [await anext(events), await anext(events)]
         assert {(e.kind, e.model.model_id) for e in seen} == {
             (EventKind.JOINED, "a"), (EventKind.JOINED, "b")}
-        client.remove("a", "test says so")
+        source.registry.remove("a", "test says so")
         event = await anext(events)
         assert (event.kind, event.model.model_id, event.reason) == (
             EventKind.LEFT, "a", "test says so")
-        client.upsert(endpoint(good_host, "b", deployment="d2"))
+        source.registry.upsert(endpoint(good_host, "b", deployment="d2"))
         event = await anext(events)
         assert event.kind is EventKind.REDEPLOYED and event.model.deployment_id == "d2"
         assert event.previous is not None and event.previous.deployment_id == "d1"
