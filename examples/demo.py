@@ -20,6 +20,7 @@ from pathlib import Path
 import anyio
 
 try:
+    from rich import box
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
@@ -48,17 +49,31 @@ def lineup(good: int) -> list[tuple[str, Path]]:
     return models
 
 
-def render(board: Board, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column, width in (("model", 11), ("status", 7), ("ms", 6), ("ok", 3), ("fail", 4),
-                          ("t/o", 3), ("|error|", 7)):
-        table.add_column(column, no_wrap=True, min_width=width,
+LEGEND = ("ms: last call's latency; ok / fail / t/o: calls that came back SUCCESS, FAILURE, "
+          "TIMEOUT; err: mean |first predicted price - the price that followed|")
+
+
+def render(board: Board, title: str, lineup: list[str],
+           never_ready: dict[str, str] | None = None) -> Table:
+    """Every model of the lineup, in its order, in a table that fits 80 columns: the last
+    column wraps."""
+    table = Table(title=title, title_justify="left", caption=LEGEND, caption_justify="left",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for column in ("model", "status", "ms", "ok", "fail", "t/o", "err"):
+        table.add_column(column, no_wrap=True,
                          justify="left" if column in ("model", "status") else "right")
-    table.add_column("last output / detail", no_wrap=True, overflow="ellipsis", max_width=34)
+    table.add_column("last output / detail", overflow="fold", ratio=1, min_width=16)
     colors = {"SUCCESS": "green", "FAILURE": "red", "TIMEOUT": "yellow"}
-    for stats in sorted(board.stats.values(), key=lambda s: s.model_id):
+    for model_id in lineup:
+        stats = board.stats.get(model_id)
+        if stats is None:
+            reason = (never_ready or {}).get(model_id)
+            table.add_row(model_id, "[dim]NOT SET UP[/]", "", "", "", "", "",
+                          f"{reason.partition(':')[0]} (reported: see below)" if reason
+                          else "being set up")
+            continue
         status = "LEFT" if stats.left else stats.last_status
-        shown = stats.last_output or stats.last_detail or stats.left
+        shown = _brief(stats.last_output or stats.last_detail or stats.left)
         table.add_row(stats.model_id, f"[{colors.get(status, 'dim')}]{status}[/]",
                       f"{stats.last_latency_us / 1000:.1f}", str(stats.successes),
                       str(stats.failures), str(stats.timeouts),
@@ -66,9 +81,20 @@ def render(board: Board, title: str) -> Table:
     return table
 
 
+def _brief(text: str, limit: int = 60) -> str:
+    """A cell's text, at most `limit` characters (the reports below have the whole story)."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def never_ready(reports: list[FailureReport]) -> dict[str, str]:
+    """Why a model never became ready: its report, when there is one."""
+    return {r.model.model_id: f"{r.code}: {r.reason}" for r in reports}
+
+
 async def run(options: argparse.Namespace, console: Console) -> int:
     specs = [ModelSpec(path, name, cruncher=f"cruncher-{name}")
              for name, path in lineup(options.models)]
+    names = [spec.id for spec in specs]
     reports: list[FailureReport] = []
     orchestrator = LocalOrchestrator("demo", specs, python_path=[EXAMPLES])
     async with orchestrator:
@@ -81,10 +107,12 @@ async def run(options: argparse.Namespace, console: Console) -> int:
             await client.wait_for_models(timeout=60)
             console.print(f"{len(client.models)} models ready: "
                           + ", ".join(m.model_id for m in client.models))
-            with Live(console=console, refresh_per_second=4, transient=False) as live:
+            # Transient: the summary below prints the final table, once.
+            with Live(console=console, refresh_per_second=4, transient=True) as live:
                 def refresh(board: Board) -> None:
                     live.update(render(board, f"tick {board.ticks}/{options.ticks} "
-                                              f"({board.last_tick_ms:.0f} ms)"))
+                                              f"({board.last_tick_ms:.0f} ms)", names,
+                                       never_ready(reports)))
 
                 coordinator = Coordinator(client, interval=options.interval, on_tick=refresh)
                 board = await coordinator.run(options.ticks)
@@ -92,7 +120,7 @@ async def run(options: argparse.Namespace, console: Console) -> int:
         stopped = sorted(r["model_id"] for r in orchestrator.reports)
 
     console.print("\n[bold]Summary[/]")
-    console.print(render(board, f"{board.ticks} ticks"))
+    console.print(render(board, f"{board.ticks} ticks", names, never_ready(reports)))
     for report in reports:
         console.print(f"reported {report.model.model_id}: {report.code} ({report.reason})")
     console.print(f"stopped by the orchestrator after a report: {', '.join(stopped) or 'none'}")
