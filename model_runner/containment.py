@@ -18,6 +18,8 @@ import os
 import sys
 from typing import NoReturn
 
+from .wire.errors import describe
+
 __all__ = ["PARENT_PID", "ModelExit", "describe", "die_with_parent", "exit_process",
            "install"]
 
@@ -50,19 +52,6 @@ def exit_process(status: int) -> NoReturn:
         except (OSError, ValueError):
             pass
     _real_exit(status)
-
-
-def describe(exc: BaseException) -> str:
-    """`Type: message` of any exception; `__str__` is user code and may itself raise."""
-    name = type(exc).__name__
-    try:
-        text = str(exc)
-    except BaseException:
-        try:
-            text = repr(exc)
-        except BaseException:
-            text = "(its message could not be read: __str__ and __repr__ raised)"
-    return f"{name}: {text}" if text else name
 
 
 def die_with_parent() -> None:

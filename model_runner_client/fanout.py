@@ -43,6 +43,7 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 
 from model_runner.wire import CALL_PATH, MissingExtra, StatusCode, VariantError
 from model_runner.wire.codes import names_missing_method
+from model_runner.wire.errors import describe
 from model_runner.wire.lean import parse_call_response
 from model_runner.wire.variant import check_value
 
@@ -262,7 +263,7 @@ def _outcome_of_error(job: Job, exc: BaseException, latency: int) -> Outcome:
     if isinstance(exc, OSError | EOFError | StreamTerminatedError | ProtocolError
                   | H2ProtocolError):
         return Outcome(Kind.UNREACHABLE, latency_us=latency,
-                       detail=f"unreachable: {type(exc).__name__}: {exc}")
+                       detail=f"unreachable: {describe(exc)}")
     # Anything else is a bug of ours (it once counted as an unreachable model, logged at DEBUG,
     # and ended in a CONNECTION_FAILED report): never the model's.
     logger.error("bug: the call to %s raised %s", job.connection.endpoint, type(exc).__name__,

@@ -31,6 +31,8 @@ import anyio.lowlevel
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from model_runner.wire.errors import describe
+
 from .events import FailureReport
 from .models import ModelEndpoint
 from .sources import ModelRegistry
@@ -186,7 +188,7 @@ class OrchestratorLink:
             except* (OSError, TimeoutError, websockets.WebSocketException) as group:
                 exc = group.exceptions[0]
                 self._set_problem(f"cannot reach the orchestrator at {self.url} "
-                                  f"({type(exc).__name__}: {exc})")
+                                  f"({describe(exc)})")
             finally:
                 self._outbox_changed = None
             # A link refused before any frame backs off like any failure (it once retried every

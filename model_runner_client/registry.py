@@ -33,6 +33,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckResponse
 
 from model_runner.wire import SERVICE_NAME, StatusCode
 from model_runner.wire.codes import names_unimportable_base
+from model_runner.wire.errors import describe
 
 from .connection import ModelConnection
 from .events import EventKind, FailureReport, ModelEvent, ReportCode
@@ -373,11 +374,11 @@ class Registry:
                     return
                 if attempt == self.connect_attempts:
                     self._drop(slot, f"could not set up after {attempt} attempts: "
-                                     f"{type(exc).__name__}: {exc}", ReportCode.CONNECTION_FAILED)
+                                     f"{describe(exc)}", ReportCode.CONNECTION_FAILED)
                     return
                 delay = min(8.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                logger.info("Setup of %s failed (%s: %s); retrying in %.1fs", endpoint,
-                            type(exc).__name__, exc, delay)
+                logger.info("Setup of %s failed (%s); retrying in %.1fs", endpoint,
+                            describe(exc), delay)
                 await anyio.sleep(delay)
                 slot.connection.reconnect()
                 continue

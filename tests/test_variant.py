@@ -137,3 +137,16 @@ def test_arbitrary_bytes_decode_or_raise_variant_error(type_: int, data: bytes) 
                     int(VariantType.INT): int, int(VariantType.STRING): str}.get(type_)
         if expected is not None:
             assert isinstance(value, expected)
+
+
+def test_dates_travel_as_iso_strings_as_the_readme_says() -> None:
+    import datetime
+    import uuid
+
+    moment = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    ident = uuid.UUID(int=7)
+    variant_type, data = encode_variant_value({"t": moment, "d": moment.date(), "u": ident})
+    assert variant_type is VariantType.JSON
+    decoded = decode_value(variant_type, data)
+    assert decoded == {"t": "2026-01-02T03:04:05", "d": "2026-01-02", "u": str(ident)}
+    assert datetime.datetime.fromisoformat(decoded["t"]) == moment
