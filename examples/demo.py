@@ -101,8 +101,17 @@ async def run(options: argparse.Namespace, console: Console) -> int:
         console.print(f"local orchestrator on {orchestrator.url}, starting {len(specs)} "
                       "model hosts")
         await orchestrator.wait_running(timeout=60)
+        metrics = None
+        if options.metrics_port is not None:  # the metrics extra: pip install -e '.[metrics]'
+            import prometheus_client
+
+            from model_runner_client.metrics import PrometheusMetrics
+            metrics = PrometheusMetrics()
+            prometheus_client.start_http_server(options.metrics_port, addr="127.0.0.1")
+            console.print(f"metrics on http://127.0.0.1:{options.metrics_port}/metrics")
         client = ModelRunnerClient("demo", "127.0.0.1", orchestrator.port, base_classname=BASE,
-                                   timeout=options.timeout, on_failure=reports.append)
+                                   timeout=options.timeout, on_failure=reports.append,
+                                   metrics=metrics)
         async with client:
             await client.wait_for_models(timeout=60)
             console.print(f"{len(client.models)} models ready: "
@@ -136,6 +145,9 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=10)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between ticks")
     parser.add_argument("--timeout", type=float, default=1.0, help="deadline of each call")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve the client's Prometheus metrics on this port (needs the "
+                             "metrics extra)")
     options = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     console = Console()

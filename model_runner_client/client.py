@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import ssl as _ssl
+import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -30,6 +31,7 @@ from .connection import ModelConnection
 from .encoding import ArgumentError, ResultDecoder, encode_call, encode_setup
 from .events import EventCallback, EventHub, FailureReport, ModelEvent, iterate
 from .fanout import Fanout, Job
+from .metrics import Metrics
 from .models import ModelEndpoint
 from .orchestrator import OrchestratorLink
 from .registry import Registry, Slot, UnknownModelError
@@ -87,6 +89,7 @@ class ClientOptions(TypedDict, total=False):
     gateway_credentials: GatewayCredentials | None
     report_failure: bool
     transport: TransportName | None
+    metrics: Metrics | None
 
 
 class ModelRunnerClient:
@@ -121,6 +124,8 @@ class ModelRunnerClient:
         report_failure: send reports to the orchestrator (False: log them only).
         source: any ModelSource instead of the orchestrator.
         transport: "ngh2" (default) or "grpclib"; MODEL_RUNNER_TRANSPORT chooses too.
+        metrics: a recorder (`metrics.PrometheusMetrics()`): latency per model, calls by
+            outcome, reports by code, models by state, tick durations. None: nothing recorded.
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class ModelRunnerClient:
         report_failure: bool = True,
         source: ModelSource | None = None,
         transport: TransportName | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not base_classname:
             raise ValueError("base_classname must name the base class, e.g. "
@@ -198,12 +204,18 @@ class ModelRunnerClient:
         self._closed = False
         #: The coordinator mistakes already logged at ERROR (blame.py).
         self._mistakes_logged: set[str] = set()
+        self._metrics = metrics
         self._registry = Registry(
             setup_payload=self._setup_payload, setup_timeout=setup_timeout,
             connect_attempts=connect_attempts, probe_timeout=min(max(timeout, 1.0), 5.0),
             max_consecutive_failures=max_consecutive_failures,
             max_consecutive_timeouts=max_consecutive_timeouts, connect=self._connect,
             spawn=self._spawn, changed=self._notify, emit=self._emit)
+        if metrics is not None:
+            registry = self._registry
+            metrics.watch(lambda: len(registry.models), lambda: len(registry.pending),
+                          lambda: sum(1 for slot in registry.slots.values()
+                                      if slot.streaks.skips_left))
 
     @classmethod
     def from_addresses(
@@ -328,6 +340,8 @@ class ModelRunnerClient:
         return self._registry.model_ids()
 
     async def _deliver_report(self, report: FailureReport) -> None:
+        if self._metrics is not None:
+            self._metrics.report(report.code)
         if self.link is not None:
             await self.link.report(report)
         if self._on_failure is not None:
@@ -462,6 +476,7 @@ class ModelRunnerClient:
         model. `method` names the call in results and logs. The old API sends its
         protobuf-built requests through here."""
         self._require_started()
+        started = time.monotonic()
         deadline = self.timeout if timeout is None else timeout
         if deadline <= 0:
             raise ValueError(f"timeout must be positive seconds, got {deadline}")
@@ -480,6 +495,7 @@ class ModelRunnerClient:
                                 else frame(request(slot.endpoint)))
 
         results: list[CallResult[Any] | None] = [None] * len(targets)
+        kinds = [""] * len(targets)  # how each ended, for the metrics
         jobs: list[Job] = []
         sent: list[tuple[int, Slot]] = []
         for index, ((model_id, slot), payload) in enumerate(zip(targets, payloads, strict=True)):
@@ -489,15 +505,18 @@ class ModelRunnerClient:
                             or ModelEndpoint(model_id, "", 0))
                 results[index] = CallResult.make(departed, CallStatus.FAILURE,
                                                  detail="not called: the model has left")
+                kinds[index] = "left"
             elif not slot.callable:
                 results[index] = CallResult.make(
                     slot.endpoint, CallStatus.TIMEOUT,
                     detail="not called: the model is still being set up")
+                kinds[index] = "setting up"
             elif slot.streaks.take_skip():
                 results[index] = CallResult.make(
                     slot.endpoint, CallStatus.TIMEOUT,
                     detail="skipped while cooling down after "
                            + _count(slot.streaks.timeouts, "timeout") + " in a row")
+                kinds[index] = "skipped"
             else:
                 assert payload is not None
                 jobs.append(Job(slot.connection, payload))
@@ -510,9 +529,14 @@ class ModelRunnerClient:
         for (index, slot), outcome in zip(sent, outcomes, strict=True):
             results[index] = CallResult.make(slot.endpoint, outcome.status, outcome.output,
                                              outcome.latency_us, outcome.detail)
+            kinds[index] = outcome.kind.value
             if blame:
                 self._registry.apply_policy(slot, method, outcome)
-        return CallResults([r for r in results if r is not None])
+        called = CallResults([r for r in results if r is not None])
+        if self._metrics is not None:
+            self._metrics.tick(method, time.monotonic() - started, called,
+                               [k for k, r in zip(kinds, results, strict=True) if r is not None])
+        return called
 
     def _log_mistake(self, mistake: Mistake) -> None:
         """The coordinator's likely mistake: at ERROR the first time, then at DEBUG (a network
