@@ -89,14 +89,20 @@ def plot(rows: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000, 5000])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--servers", type=int, default=2)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000, 5000],
+                        help="numbers of models to fan out to (default: 100 300 1000 5000)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="interleaved rounds per size; under 3 a figure is a warning, not "
+                             "a result (default 2)")
+    parser.add_argument("--servers", type=int, default=2,
+                        help="bare server processes the models are spread over (default 2)")
     parser.add_argument("--server", choices=["ngh2", "grpclib"], default="ngh2",
                         help="the bare servers: ngh2 (benchmarks/fast_server.py, cheap enough "
                              "that the client is measured) or grpclib (bare_server.py)")
-    parser.add_argument("--old-python", default=os.environ.get("OLD_CLIENT_PYTHON"))
+    parser.add_argument("--old-python", default=os.environ.get("OLD_CLIENT_PYTHON"),
+                        help="the Python of a venv with model-runner-client==0.14.0, the "
+                             "baseline every ratio is against (env OLD_CLIENT_PYTHON)")
     options = parser.parse_args()
 
     available = sorted(os.sched_getaffinity(0))
@@ -167,6 +173,10 @@ def main() -> None:
           "interleaved rounds; warm-up ticks excluded; ratios against the grpcio client")
     print(table(["N", "client", "median ms", "p90 ms", "CPU µs/call", "peak RSS MB", "SUCCESS",
                  "tick ratio", "CPU ratio", "RSS ratio"], table_rows))
+    if options.rounds < 3:
+        print(f"\nWARNING: {options.rounds} round(s) per size on a shared 2-core machine: one "
+              "round at N=100 once gave 1.69x where three gave 0.60x. Use --rounds 3 or more "
+              "before trusting a ratio.")
     if "error" in hang:
         print(f"\n10% hanging: failed: {hang['error']}")
     else:

@@ -49,7 +49,7 @@ async def run(options: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("ports", type=int, nargs="+")
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--ticks", type=int, default=10)

@@ -119,7 +119,7 @@ async def main(port: int, hang: bool, delay: float, json_mib: float) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("port", type=int)
     parser.add_argument("--hang", action="store_true", help="never answer Call")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each Call "

@@ -63,7 +63,7 @@ def drive(python: str, port: int, options: argparse.Namespace) -> list[dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--models", type=int, default=100, help="models called (default 100)")
     parser.add_argument("--mib", type=float, default=4.0, help="MiB of JSON each answers "
                         "(default 4, the client's default answer limit)")

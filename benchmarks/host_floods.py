@@ -103,7 +103,7 @@ async def measure(name: str, attack: Any, loop: str, python: str | None) -> list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every attack's size (default 1: the issue's sizes)")
     parser.add_argument("--baseline-python", default=None,

@@ -38,7 +38,7 @@ async def measure(port: int, models: int, ticks: int, metrics: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--models", type=int, default=1000, help="models (default 1000)")
     parser.add_argument("--ticks", type=int, default=30, help="ticks per round (default 30)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")

@@ -72,10 +72,13 @@ async def measure(port: int, method: str, calls: int, concurrency: int) -> dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--calls", type=int, default=3000,
+                        help="sequential calls per round for the latency (default 3000)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="concurrent callers for the throughput (default 8)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds; the best of them is shown (default 3)")
     parser.add_argument("--old-host-python", default=os.environ.get("OLD_HOST_PYTHON"),
                         help="the Python of a venv with crunch-model-runner==0.4.2 installed, "
                              "to measure it in the same run (env OLD_HOST_PYTHON)")

@@ -88,11 +88,12 @@ async def soak(models: int, duration: float, churn_every: int, timeout: float,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=100)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--models", type=int, default=100, help="models (default 100)")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of ticking")
     parser.add_argument("--churn-every", type=int, default=50, help="ticks between churn events")
-    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=2.0,
+                        help="each call's deadline in seconds (default 2.0)")
     options = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     report = asyncio.run(soak(options.models, options.duration, options.churn_every,

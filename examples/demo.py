@@ -140,7 +140,7 @@ async def run(options: argparse.Namespace, console: Console) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--models", type=int, default=3, help="good trackers (default 3)")
     parser.add_argument("--ticks", type=int, default=10)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between ticks")
