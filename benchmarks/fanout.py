@@ -60,29 +60,53 @@ def drive(command: list[str], cpus: set[int], env: dict[str, str], cwd: Path) ->
 
 
 def plot(rows: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> None:
+    """Three panels of ratios against the grpcio client (its line: 1, drawn apart), N on a log
+    axis with plain tick labels: tick time, CPU per call, peak RSS."""
+    import platform
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    fig, (ticks_ax, cpu_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    baseline = rows.get(OLD, {})
+    metrics = (("times", "tick time"), ("cpu_per_call_us", "client CPU per call"),
+               ("peak_rss_mb", "client peak memory"))
+
+    def value(runs: list[dict[str, Any]], key: str) -> float:
+        if key == "times":
+            return median([t for r in runs for t in r["times"]])
+        return median([r[key] for r in runs])
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), sharex=True)
+    all_sizes: set[int] = set()
     for name, by_n in rows.items():
-        sizes = sorted(n for n, runs in by_n.items() if runs and "error" not in runs[0])
-        if not sizes:
+        if name == OLD:
             continue
-        times = {n: [t for r in by_n[n] for t in r["times"]] for n in sizes}
-        ticks_ax.plot(sizes, [median(times[n]) * 1000 for n in sizes], marker="o", label=name)
-        cpu_ax.plot(sizes, [median([r["cpu_per_call_us"] for r in by_n[n]]) for n in sizes],
-                    marker="o", label=name)
-    for ax, label in ((ticks_ax, "tick time, ms (median)"), (cpu_ax, "client CPU per call, µs")):
+        sizes = sorted(n for n, runs in by_n.items() if runs and "error" not in runs[0]
+                       and baseline.get(n) and "error" not in baseline[n][0])
+        all_sizes.update(sizes)
+        for ax, (key, _) in zip(axes, metrics, strict=True):
+            ratios = [value(by_n[n], key) / value(baseline[n], key) for n in sizes]
+            ax.plot(sizes, ratios, marker="o", label=name)
+    for ax, (_, label) in zip(axes, metrics, strict=True):
+        ax.axhline(1.0, color="black", linewidth=2.5, linestyle="--",
+                   label="grpcio client (model-runner-client 0.14) = 1")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(sorted(all_sizes) or [1]))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{int(x):,}"))
         ax.set_xlabel("models (N)")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-    ticks_ax.set_yscale("log")
-    ticks_ax.legend(fontsize=8)
-    fig.suptitle("One predict fanned out to N models (client pinned to one core, servers to the "
-                 "other)")
+        ax.set_ylabel(f"{label}, ratio to the grpcio client (lower is better)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper left")
+    loop = "default asyncio loop and uvloop as named"
+    fig.suptitle(f"One predict fanned out to N models: our client against the grpcio client "
+                 f"in the same run ({os.cpu_count()} cores, {platform.machine()}, Python "
+                 f"{platform.python_version()}, {loop}; client on one core, servers on the "
+                 "other)", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
