@@ -100,7 +100,9 @@ async def test_a_host_flooding_pings_it_never_reads_loses_its_connection(
         async with client_for(port, max_consecutive_timeouts=100) as client:
             await client.wait_for_models(1, timeout=20)
             with caplog.at_level(logging.INFO, logger="model_runner_client.transports"):
-                assert (await client.call("predict"))[0].ok  # the flood starts after it
+                # The flood starts after this answer; on ngh2 it may arrive in the same read
+                # and end the call with the connection, so its result is not asserted.
+                await client.call("predict")
                 await until(lambda: "read none of the acks" in caplog.text
                             or "FLOOD" in caplog.text.upper(), 20)
 
