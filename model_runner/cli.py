@@ -164,8 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-delegation", default=env("AUTH_DELEGATION"),
                         help="serve the cruncher's wallet delegation of this host's TLS key in "
                              "response headers (model-runner-client SecureCredentials mode): a "
-                             "JSON file {message, signature, wallet_pubkey}; needs --tls-cert "
-                             "(env AUTH_DELEGATION)")
+                             "JSON file {message_b64, signature_b64, wallet_pubkey_b58} as the "
+                             "orchestrator's cruncher_msg.json (or the keys without suffixes); "
+                             "needs --tls-cert (env AUTH_DELEGATION)")
     parser.add_argument("--gateway-keys", default=env("GATEWAY_KEYS"),
                         help="accept model calls only with a gateway token signed by one of "
                              "these coordinator keys: a file of SHA-256 hashes (hex) of their "

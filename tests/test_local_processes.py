@@ -112,13 +112,22 @@ ORCHESTRATOR = [sys.executable, "-m", "model_runner.local_orchestrator", "--port
                 str(EXAMPLES / "submissions" / "async_tracker")]
 
 
-def test_sigterm_to_the_local_orchestrator_stops_every_host() -> None:
+def orchestrator_with_hosts() -> tuple[subprocess.Popen[str], list[int]]:
+    """The local orchestrator's command line, once it serves and both hosts run."""
     orchestrator = subprocess.Popen(ORCHESTRATOR, cwd=ROOT, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
     try:
         wait_for_line(orchestrator, "serving ws://")
         until_sync(lambda: len(children(orchestrator.pid)) == 2, 60)
-        hosts = children(orchestrator.pid)
+    except BaseException:
+        orchestrator.kill()
+        raise
+    return orchestrator, children(orchestrator.pid)
+
+
+def test_sigterm_to_the_local_orchestrator_stops_every_host() -> None:
+    orchestrator, hosts = orchestrator_with_hosts()
+    try:
         orchestrator.send_signal(signal.SIGTERM)
         _, stderr = orchestrator.communicate(timeout=60)
     finally:
@@ -130,13 +139,7 @@ def test_sigterm_to_the_local_orchestrator_stops_every_host() -> None:
 
 
 def test_hosts_do_not_outlive_a_killed_orchestrator() -> None:
-    orchestrator = subprocess.Popen(ORCHESTRATOR, cwd=ROOT, stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL, text=True)
-    try:
-        wait_for_line(orchestrator, "serving ws://")
-        until_sync(lambda: len(children(orchestrator.pid)) == 2, 60)
-        hosts = children(orchestrator.pid)
-    finally:
-        orchestrator.kill()  # SIGKILL: no cleanup runs
-        orchestrator.wait(10)
+    orchestrator, hosts = orchestrator_with_hosts()
+    orchestrator.kill()  # SIGKILL: no cleanup runs
+    orchestrator.communicate(timeout=10)
     until_sync(lambda: not [pid for pid in hosts if alive(pid)], 30)

@@ -80,32 +80,19 @@ async def test_a_call_whose_deadline_passed_while_waiting_is_not_run(
     assert (await ok(toolbox, "stats"))["order"] == ["blocker", "after"]
 
 
-async def test_a_timed_out_sync_call_still_holds_its_turn(
-    toolbox: DynamicSubclassServiceStub,
+@pytest.mark.parametrize("method", ["sleep", "async_sleep"])
+async def test_a_timed_out_call_runs_to_completion_and_holds_its_turn(
+    toolbox: DynamicSubclassServiceStub, method: str,
 ) -> None:
+    """`def` and `async def` alike: a cancelled coroutine once left model state half-updated."""
     # The deadline ends the call on whichever side sees it first: the client's own timer
     # (TimeoutError) or the host's, which answers DEADLINE_EXCEEDED (seen once under load).
     with pytest.raises((TimeoutError, GRPCError)) as ended:
-        await call(toolbox, "sleep", 0.8, tag="abandoned", timeout=0.2)
+        await call(toolbox, method, 0.8, tag="abandoned", timeout=0.2)
     if isinstance(ended.value, GRPCError):
         assert ended.value.status is GrpcStatus.DEADLINE_EXCEEDED
     started = time.monotonic()
-    await ok(toolbox, "sleep", 0.0, tag="next")
-    assert time.monotonic() - started > 0.3  # waited for the abandoned call's thread
-    stats = await ok(toolbox, "stats")
-    assert stats["order"] == ["abandoned", "next"] and stats["max_active"] == 1
-
-
-async def test_a_timed_out_async_call_runs_to_completion_and_holds_its_turn(
-    toolbox: DynamicSubclassServiceStub,
-) -> None:
-    """Like `def` methods: cancelling the coroutine mid-body left model state half-updated."""
-    with pytest.raises((TimeoutError, GRPCError)) as ended:
-        await call(toolbox, "async_sleep", 0.8, tag="abandoned", timeout=0.2)
-    if isinstance(ended.value, GRPCError):
-        assert ended.value.status is GrpcStatus.DEADLINE_EXCEEDED
-    started = time.monotonic()
-    await ok(toolbox, "async_sleep", 0.0, tag="next")
+    await ok(toolbox, method, 0.0, tag="next")
     assert time.monotonic() - started > 0.3  # waited for the abandoned call to finish
     stats = await ok(toolbox, "stats")
     assert stats["order"] == ["abandoned", "next"] and stats["max_active"] == 1
