@@ -64,6 +64,7 @@ INLINE_BYTES = 256 * 1024
 #: weigh: benchmarks/README.md).
 LATE_READING = 1.2
 
+
 class Kind(Enum):
     """Why a call ended as it did; the client's failure policy reads it."""
 
