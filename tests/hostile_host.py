@@ -89,9 +89,13 @@ class Host(asyncio.Protocol):
             self.send(stream_id, HEALTH, ok)
         elif self.mode in ("goaway-each", "answer-then-goaway"):
             self.send(stream_id, ANSWER, ok)
-            if self.mode == "goaway-each":  # a shutdown notice: GOAWAY, last stream id 2^31-1
+            if self.mode == "goaway-each":
+                # A shutdown notice (GOAWAY, last stream id 2^31-1), written raw: h2 would close
+                # its side, where a notice lets calls already sent be answered.
                 self.flush()
-                self.h2.close_connection(last_stream_id=2**31 - 1)
+                assert self.transport is not None
+                self.transport.write(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
+                                     + (2**31 - 1).to_bytes(4, "big") + bytes(4))
             else:
                 self.h2.close_connection(last_stream_id=stream_id)
         elif self.mode == "contradicting-status":

@@ -52,8 +52,9 @@ async def test_a_host_that_sends_goaway_after_every_answer_leaks_no_socket() -> 
         before = open_sockets()
         async with client_for(port) as client:
             await client.wait_for_models(1, timeout=20)
-            for _ in range(50):
-                assert (await client.call("predict"))[0].ok
+            for tick in range(50):
+                result = (await client.call("predict"))[0]
+                assert result.ok, (tick, result.detail)
             assert open_sockets() - before <= 3  # the live connection (and one closing)
         await until(lambda: open_sockets() <= before)
 
