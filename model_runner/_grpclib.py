@@ -62,11 +62,13 @@ def peer_certificate(stream: grpclib.server.Stream[Any, Any]) -> bytes | None:
 @dataclass(frozen=True)
 class ConnectionLimits:
     """How much one peer may cost the host. Exceeding a flood limit closes that connection with
-    GOAWAY ENHANCE_YOUR_CALM; the other connections, and health, are not affected."""
+    GOAWAY ENHANCE_YOUR_CALM; the other connections, and health, are not affected. Streams open
+    at once on one connection are h2's: it advertises SETTINGS_MAX_CONCURRENT_STREAMS 100 and
+    ends a connection that opens more (tests/test_host_defences.py)."""
 
-    #: Open connections at once; past it the longest-idle connection without a call in flight
-    #: is closed for the new one (a coordinator holds one or two per model host, the
-    #: orchestrator's probe one).
+    #: Open connections at once; past it one is closed for the new one (GuardedServer.admit:
+    #: the silent, then the idle, then the busiest). A coordinator holds one or two per model
+    #: host, the orchestrator's probe one.
     max_connections: int = 64
     #: Seconds a new connection has for its TLS handshake, and then for the HTTP/2 preface.
     handshake_timeout: float = 10.0
@@ -74,8 +76,6 @@ class ConnectionLimits:
     idle_timeout: float = 900.0
     #: The deadline of a call that sends none (grpc-timeout), in seconds.
     max_call_seconds: float = 900.0
-    #: Streams open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS; h2 refuses more).
-    max_concurrent_streams: int = 100
     #: Streams the peer may reset: a bucket of this many, refilled at `reset_rate` per second
     #: (nghttp2's stream_reset_burst and stream_reset_rate).
     reset_burst: int = 1000
