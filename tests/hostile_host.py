@@ -8,6 +8,8 @@ Setup and health are answered as a host would; Call behaves by MODE:
 - `goaway-each`: answers, then sends a shutdown notice (GOAWAY, last stream id 2^31-1) on
   every call, and keeps the connection open.
 - `answer-then-goaway`: the same bytes in one write, so the GOAWAY arrives with the answer.
+- `goaway-then-answer`: a GOAWAY naming the call's stream as the last it takes, then the
+  answer (h2, as a client, refused every frame after a GOAWAY).
 - `contradicting-status`: grpc-status 13 in the headers, then the answer and grpc-status 0 in
   the trailers (gRPC's rule: the trailers' status is the call's).
 - `bad-utf8-message`: grpc-status 13 with a grpc-message that is not UTF-8.
@@ -98,6 +100,12 @@ class Host(asyncio.Protocol):
                                      + (2**31 - 1).to_bytes(4, "big") + bytes(4))
             else:
                 self.h2.close_connection(last_stream_id=stream_id)
+        elif self.mode == "goaway-then-answer":
+            self.flush()
+            assert self.transport is not None
+            self.transport.write(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
+                                 + stream_id.to_bytes(4, "big") + bytes(4))
+            self.send(stream_id, ANSWER, ok)
         elif self.mode == "contradicting-status":
             self.send(stream_id, ANSWER, ok,
                       headers=[*OK_HEADERS, (b"grpc-status", b"13"),

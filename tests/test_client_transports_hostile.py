@@ -72,6 +72,19 @@ async def test_an_answer_that_arrives_with_a_goaway_is_kept() -> None:
     assert reports == []
 
 
+async def test_an_answer_after_its_goaway_is_kept() -> None:
+    """A GOAWAY whose last stream id is the call's, then its answer: grpclib's h2 took the
+    GOAWAY for the end of the connection and refused the answer (Protocol error)."""
+    reports: list[FailureReport] = []
+    with hostile("goaway-then-answer") as port:
+        async with client_for(port, on_failure=reports.append) as client:
+            await client.wait_for_models(1, timeout=20)
+            for tick in range(5):
+                result = (await client.call("predict"))[0]
+                assert result.ok and result.output == 1.0, (tick, result.detail)
+    assert reports == []
+
+
 async def test_the_trailers_status_wins_on_both_transports() -> None:
     with hostile("contradicting-status") as port:
         async with client_for(port) as client:

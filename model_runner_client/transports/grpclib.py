@@ -25,6 +25,7 @@ from grpclib.config import Configuration
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import EventsProcessor, H2Protocol
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 
 from ..models import ModelEndpoint
@@ -136,6 +137,12 @@ class _CallProcessor(EventsProcessor):
                 "process this call"))
         if not self.calls:
             self.close("the host is going away (GOAWAY)")
+            return
+        # h2 takes a received GOAWAY for the end of the connection and refuses every later
+        # frame, answers to the calls the host took included: it reads on as an open client
+        # connection; no new stream is opened here (the Channel reconnects).
+        h2_connection: Any = self.connection._connection
+        h2_connection.state_machine.state = ConnectionState.CLIENT_OPEN
 
     def process_ping_received(self, event: Any) -> None:
         self.on_control()
