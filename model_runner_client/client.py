@@ -184,7 +184,7 @@ class ModelRunnerClient:
         if chosen not in TRANSPORTS:
             raise ValueError(f"transport {chosen!r} (argument or MODEL_RUNNER_TRANSPORT): use one "
                              f"of {', '.join(TRANSPORTS)}")
-        self.transport: TransportName = chosen
+        self.transport: TransportName = next(t for t in TRANSPORTS if t == chosen)
         self._fanout = Fanout(max_concurrent_calls)
         self.max_receive_message_length = max_receive_message_length
         self._on_failure = on_failure

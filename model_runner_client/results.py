@@ -136,7 +136,7 @@ class CallResults(Sequence[CallResult[T]]):
         return {r.model_id: r.output for r in self._results if r.status is CallStatus.SUCCESS}
 
     def counts(self) -> dict[CallStatus, int]:
-        counts = dict.fromkeys(CallStatus, 0)
+        counts: dict[CallStatus, int] = dict.fromkeys(CallStatus, 0)
         for r in self._results:
             counts[r.status] += 1
         return counts
