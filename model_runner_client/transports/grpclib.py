@@ -14,6 +14,7 @@ upgrade of grpclib or h2 breaks one of them (both are pinned).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from asyncio import BaseTransport
@@ -27,6 +28,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.protocol import EventsProcessor, H2Protocol
 from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError as H2ProtocolError
 
 from ..models import ModelEndpoint
 from ..transport_security import ConnectionSecurity
@@ -87,7 +89,11 @@ class _CallProcessor(EventsProcessor):
         call = self.forget(stream_id)
         if call is not None:
             if call.stream is not None and not self.connection.is_closing():
-                call.stream.reset_nowait(ErrorCodes.CANCEL)  # nothing more is wanted
+                # Nothing more is wanted. h2 may have closed the stream already: it handles a
+                # whole read before grpclib hands us its events (an answer refused for its
+                # size arrived with its trailers).
+                with contextlib.suppress(H2ProtocolError):
+                    call.stream.reset_nowait(ErrorCodes.CANCEL)
             call.fail(error)
 
     def process_response_received(self, event: Any) -> None:
