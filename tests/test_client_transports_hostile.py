@@ -14,8 +14,8 @@ import pytest
 
 from benchmarks._common import ROOT, free_port, start_listening, start_script
 from model_runner.process import host_environment
-from model_runner_client import CallStatus, FailureReport, ModelEndpoint, ModelRunnerClient
-from tests.hosts import BASE, until
+from model_runner_client import CallStatus, ModelEndpoint, ModelRunnerClient
+from tests.hosts import BASE, reported, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
@@ -59,30 +59,19 @@ async def test_a_host_that_sends_goaway_after_every_answer_leaks_no_socket() -> 
         await until(lambda: open_sockets() <= before)
 
 
-async def test_an_answer_that_arrives_with_a_goaway_is_kept() -> None:
-    """grpclib ended the calls the host had answered when its GOAWAY came in the same write:
-    the model was reported CONNECTION_FAILED after three."""
-    reports: list[FailureReport] = []
-    with hostile("answer-then-goaway") as port:
-        async with client_for(port, on_failure=reports.append) as client:
-            await client.wait_for_models(1, timeout=20)
-            for _ in range(5):
-                result = (await client.call("predict"))[0]
-                assert result.ok and result.output == 1.0, result.detail
-    assert reports == []
-
-
-async def test_an_answer_after_its_goaway_is_kept() -> None:
-    """A GOAWAY whose last stream id is the call's, then its answer: grpclib's h2 took the
-    GOAWAY for the end of the connection and refused the answer (Protocol error)."""
-    reports: list[FailureReport] = []
-    with hostile("goaway-then-answer") as port:
-        async with client_for(port, on_failure=reports.append) as client:
+@pytest.mark.parametrize("mode", ["answer-then-goaway", "goaway-then-answer"])
+async def test_answers_to_the_calls_a_goaway_kept_are_kept(
+        mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    """On grpclib a GOAWAY in the same write as the answer before it ended that call, and h2
+    refused an answer after a GOAWAY that kept its call ('Protocol error'): the model was
+    reported CONNECTION_FAILED after three."""
+    with hostile(mode) as port:
+        async with client_for(port) as client:
             await client.wait_for_models(1, timeout=20)
             for tick in range(5):
                 result = (await client.call("predict"))[0]
                 assert result.ok and result.output == 1.0, (tick, result.detail)
-    assert reports == []
+    assert reported(caplog) == []
 
 
 async def test_the_trailers_status_wins_on_both_transports() -> None:

@@ -84,10 +84,6 @@ class Call:
                                                   f"{self.length} bytes it announced")
         return None
 
-    @property
-    def settled(self) -> bool:
-        return self.future.done()
-
     def settle(self) -> None:
         if not self.future.done():
             self.arrived = time.perf_counter_ns()

@@ -26,7 +26,7 @@ from grpclib.config import Configuration
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import EventsProcessor, H2Protocol
-from h2.connection import ConnectionState
+from h2.connection import ConnectionInputs, ConnectionState
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError as H2ProtocolError
 
@@ -143,12 +143,6 @@ class _CallProcessor(EventsProcessor):
                 "process this call"))
         if not self.calls:
             self.close("the host is going away (GOAWAY)")
-            return
-        # h2 takes a received GOAWAY for the end of the connection and refuses every later
-        # frame, answers to the calls the host took included: it reads on as an open client
-        # connection; no new stream is opened here (the Channel reconnects).
-        h2_connection: Any = self.connection._connection
-        h2_connection.state_machine.state = ConnectionState.CLIENT_OPEN
 
     def process_ping_received(self, event: Any) -> None:
         self.on_control()
@@ -172,8 +166,17 @@ class _Protocol(H2Protocol):
     def connection_made(self, transport: BaseTransport) -> None:
         super().connection_made(transport)
         # h2 offers no setting for this; its record of closed streams is a size-limited dict.
-        closed: Any = self.connection._connection._closed_streams
+        h2_connection: Any = self.connection._connection
+        closed: Any = h2_connection._closed_streams
         closed._size_limit = CLOSED_STREAMS_KEPT
+        # h2 takes a received GOAWAY for the end of the connection and refuses every later
+        # frame, in the same read too, answers to the calls the host took included: here the
+        # connection stays open for them (no new stream is opened on it: the Channel
+        # reconnects, see _CallProcessor.process_connection_terminated).
+        machine = h2_connection.state_machine
+        machine._transitions = {**machine._transitions, (
+            ConnectionState.CLIENT_OPEN, ConnectionInputs.RECV_GOAWAY): (
+            None, ConnectionState.CLIENT_OPEN)}
         self._unread_acks = 0
         self.processor = _CallProcessor(self.handler, self.connection, self._count_unread_ack)
 
