@@ -88,7 +88,7 @@ async def _run(code_directory: Path, base_class: str, init: tuple[list[Any], dic
     from grpclib.health.check import ServiceStatus
 
     from model_runner_client.encoding import ResultDecoder, encode_call, encode_setup
-    from model_runner_client.fanout import read_answer
+    from model_runner_client.outcomes import read_answer
 
     from .discovery import DiscoveryError, discover_class
     from .service import DynamicSubclassService

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .fanout import Kind, Outcome
+from .outcomes import Kind, Outcome
 
 __all__ = ["Mistake", "attribute"]
 

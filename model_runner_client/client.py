@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import ssl as _ssl
 import time
@@ -27,17 +26,20 @@ from typing import Any, Self, TypedDict, TypeVar, TypeVarTuple, Unpack, overload
 import anyio
 
 from .blame import Mistake, attribute
-from .connection import ModelConnection
+from .connection import Connector
 from .encoding import ArgumentError, ResultDecoder, encode_call, encode_setup
 from .events import EventCallback, EventHub, FailureReport, ModelEvent, iterate
 from .fanout import Fanout, Job
 from .metrics import Metrics
+from .model_set import Slot, UnknownModelError
 from .models import ModelEndpoint
 from .orchestrator import OrchestratorLink
-from .registry import Registry, Slot, UnknownModelError
+from .registry import Registry
+from .reports import Reports
 from .results import CallResult, CallResults, CallStatus
 from .security import GatewayCredentials, SecureCredentials
 from .sources import ModelSource, StaticModels
+from .supervision import Checks
 from .transport_security import Security
 from .transports import TRANSPORTS, TransportName
 from .transports.call import frame
@@ -188,16 +190,12 @@ class ModelRunnerClient:
         self._fanout = Fanout(max_concurrent_calls)
         self.max_receive_message_length = max_receive_message_length
         self._on_failure = on_failure
-        self._security = Security(ssl=ssl, auth_token=auth_token, metadata=metadata,
-                                  secure_credentials=secure_credentials,
-                                  gateway_credentials=gateway_credentials)
+        security = Security(ssl=ssl, auth_token=auth_token, metadata=metadata,
+                            secure_credentials=secure_credentials,
+                            gateway_credentials=gateway_credentials)
         self._events = EventHub()
         if on_event is not None:
             self._events.add_callback(on_event)
-        # Events and failure reports, delivered in order by one task (`_dispatch`).
-        self._notices, self._notices_out = anyio.create_memory_object_stream[
-            ModelEvent | FailureReport](math.inf)
-        self._changed = anyio.Event()
         self._started = False
         self._runner: asyncio.Task[None] | None = None
         self._group: anyio.abc.TaskGroup | None = None
@@ -206,16 +204,18 @@ class ModelRunnerClient:
         self._mistakes_logged: set[str] = set()
         self._metrics = metrics
         self._registry = Registry(
-            setup_payload=self._setup_payload, setup_timeout=setup_timeout,
-            connect_attempts=connect_attempts, probe_timeout=min(max(timeout, 1.0), 5.0),
+            connector=Connector(self.transport, security, max_receive_message_length),
+            checks=Checks(setup_payload=self._setup_payload, setup_timeout=setup_timeout,
+                          connect_attempts=connect_attempts,
+                          probe_timeout=min(max(timeout, 1.0), 5.0)),
+            reports=Reports(self._events),
             max_consecutive_failures=max_consecutive_failures,
-            max_consecutive_timeouts=max_consecutive_timeouts, connect=self._connect,
-            spawn=self._spawn, changed=self._notify, emit=self._emit)
+            max_consecutive_timeouts=max_consecutive_timeouts)
+        self._models = self._registry.models
         if metrics is not None:
-            registry = self._registry
-            metrics.watch(lambda: len(registry.models), lambda: len(registry.pending),
-                          lambda: sum(1 for slot in registry.slots.values()
-                                      if slot.streaks.skips_left))
+            models = self._models
+            metrics.watch(lambda: len(models.ready), lambda: len(models.pending),
+                          lambda: models.cooling)
 
     @classmethod
     def from_addresses(
@@ -259,9 +259,10 @@ class ModelRunnerClient:
             if self._runner is not None:
                 await asyncio.wait([self._runner])  # finishes once its group is cancelled
         finally:
-            self._registry.discard_all()
+            self._registry.close()
+            self._registry.reports.close()
             self._events.close()
-            self._notify()
+            self._models.notify()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -275,69 +276,17 @@ class ModelRunnerClient:
         async with anyio.create_task_group() as group:
             self._group = group
             group.start_soon(_guarded, self._dispatch)
-            group.start_soon(_guarded, self._run_source)
+            group.start_soon(_guarded, self._registry.run, self._source)
             started.set()
             await anyio.sleep_forever()
 
-    async def _run_source(self) -> None:
-        try:
-            await self._source.run(self._registry)
-        except Exception:
-            logger.exception("the model source %r failed; the client keeps the models it has",
-                             self._source)
-
     async def _dispatch(self) -> None:
         """Deliver events and failure reports one at a time, in the order they happened."""
-        async for notice in self._notices_out:
+        async for notice in self._registry.reports.notices:
             if isinstance(notice, FailureReport):
                 await self._deliver_report(notice)
             else:
                 await self._events.call_back(notice)
-
-    def _emit(self, notice: ModelEvent | FailureReport) -> None:
-        if isinstance(notice, ModelEvent):
-            self._events.publish(notice)  # iterators get it at once
-        self._notices.send_nowait(notice)  # callbacks and reports, in order, from `_dispatch`
-
-    def _connect(self, endpoint: ModelEndpoint) -> ModelConnection:
-        return ModelConnection(endpoint, security=self._security.for_endpoint(endpoint),
-                               max_receive_message_length=self.max_receive_message_length,
-                               transport=self.transport)
-
-    async def wait_listed(self, timeout: float | None = None) -> bool:
-        """Whether the model source has delivered its complete list of models (the
-        orchestrator's first `init`) within `timeout` seconds; their Setups may still run."""
-        with anyio.move_on_after(timeout):
-            while not self._registry.is_listed:
-                await self._changed.wait()
-        return self._registry.is_listed
-
-    # --- the model set (the registry's; see registry.py) ----------------------------------------
-
-    @property
-    def models(self) -> list[ModelEndpoint]:
-        """The models ready for calls (set up), in the order they were added."""
-        return self._registry.models
-
-    @property
-    def pending(self) -> list[ModelEndpoint]:
-        """Models still connecting or being set up."""
-        return self._registry.pending
-
-    def forgive(self, models: Iterable[str | ModelEndpoint] | None = None) -> None:
-        """Reset the failure and timeout streaks of these models (default: all): after an
-        incident on the coordinator's side, so that no model is disconnected for it."""
-        for _, slot in self._registry.targets(models):
-            if slot is not None:
-                slot.streaks.forgive()
-
-    def get_model(self, model_id: str) -> ModelEndpoint | None:
-        """The ready model with this id, if the client holds one."""
-        return self._registry.get_model(model_id)
-
-    def model_ids(self) -> set[str]:
-        """Every model held, ready or still being set up."""
-        return self._registry.model_ids()
 
     async def _deliver_report(self, report: FailureReport) -> None:
         if self._metrics is not None:
@@ -352,20 +301,40 @@ class ModelRunnerClient:
             except Exception:
                 logger.exception("the on_failure callback raised for %s", report)
 
-    def _spawn(self, fn: Callable[[Unpack[Ts]], Awaitable[object]], *args: *Ts) -> None:
-        if self._group is None or self._closed:
-            return
-        try:
-            self._group.start_soon(_guarded, fn, *args, name=getattr(fn, "__name__", None))
-        except RuntimeError:  # the background group ended: only close() does that
-            logger.error("the client's background work has stopped; %s not run",
-                         getattr(fn, "__name__", fn))
+    async def wait_listed(self, timeout: float | None = None) -> bool:
+        """Whether the model source has delivered its complete list of models (the
+        orchestrator's first `init`) within `timeout` seconds; their Setups may still run."""
+        with anyio.move_on_after(timeout):
+            while not self._models.is_listed:
+                await self._models.wait_changed()
+        return self._models.is_listed
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+    # --- the model set (model_set.py) ------------------------------------------------------------
 
-    # --- setup and health ------------------------------------------------------------------
+    @property
+    def models(self) -> list[ModelEndpoint]:
+        """The models ready for calls (set up), in the order they were added."""
+        return self._models.ready
+
+    @property
+    def pending(self) -> list[ModelEndpoint]:
+        """Models still connecting or being set up."""
+        return self._models.pending
+
+    def forgive(self, models: Iterable[str | ModelEndpoint] | None = None) -> None:
+        """Reset the failure and timeout streaks of these models (default: all): after an
+        incident on the coordinator's side, so that no model is disconnected for it."""
+        for _, slot in self._models.targets(models):
+            if slot is not None:
+                slot.streaks.forgive()
+
+    def get_model(self, model_id: str) -> ModelEndpoint | None:
+        """The ready model with this id, if the client holds one."""
+        return self._models.get(model_id)
+
+    def model_ids(self) -> set[str]:
+        """Every model held, ready or still being set up."""
+        return set(self._models.slots)
 
     # --- waiting ---------------------------------------------------------------------------
 
@@ -378,19 +347,16 @@ class ModelRunnerClient:
         `timeout` seconds.
         """
         self._require_started()
+        models = self._models
+
         def reached() -> bool:
-            if count is None:
-                registry = self._registry
-                return not self.pending and (registry.is_listed
-                                             or bool(registry.slots or registry.departed))
-            return len(self.models) >= count
+            return models.settled if count is None else len(models.ready) >= count
 
         with anyio.move_on_after(timeout) as scope:
             while not reached():
-                await self._changed.wait()
+                await models.wait_changed()
         if scope.cancelled_caught:
-            registry = self._registry
-            if count is None and not (registry.is_listed or registry.slots or registry.departed):
+            if count is None and not (models.is_listed or models.slots or models.departed):
                 problem = self._source.problem
                 raise TimeoutError(
                     f"waited {timeout}s and the model source {self._source!r} has listed no "
@@ -480,7 +446,7 @@ class ModelRunnerClient:
         deadline = self.timeout if timeout is None else timeout
         if deadline <= 0:
             raise ValueError(f"timeout must be positive seconds, got {deadline}")
-        targets = self._registry.targets(models)
+        targets = self._models.targets(models)
         decoder = ResultDecoder(returns)
 
         # Build every request first: a bad argument raises before anything is sent or counted.
@@ -501,7 +467,7 @@ class ModelRunnerClient:
         for index, ((model_id, slot), payload) in enumerate(zip(targets, payloads, strict=True)):
             if slot is None:
                 # Departed long ago, its metadata may be forgotten (the memory is bounded).
-                departed = (self._registry.departed.get(model_id)
+                departed = (self._models.departed.get(model_id)
                             or ModelEndpoint(model_id, "", 0))
                 results[index] = CallResult.make(departed, CallStatus.FAILURE,
                                                  detail="not called: the model has left")

@@ -1,50 +1,65 @@
-"""`ModelConnection`: one model's transport, and the Setup and health calls made on it.
+"""`ModelConnection`: one model's transport, and the Setup and health calls made on it;
+`Connector`: how the client connects to each model (its security, limits and transport).
 
 Requests go out as ready-encoded bytes and answers come back as bytes, so a fan-out encodes its
-request once and the caller decides how to read the answer.
+request once and the caller decides how to read the answer. Setup and health probes end as an
+`Outcome`, classified in outcomes.py like every model call.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
-from model_runner.wire import SETUP_PATH, SetupResponse
+from model_runner.wire import SETUP_PATH
 
 from .models import ModelEndpoint
-from .transport_security import ConnectionSecurity
+from .outcomes import (
+    Outcome,
+    outcome_of_error,
+    read_health_answer,
+    read_setup_answer,
+    setup_outcome_of_error,
+)
+from .transport_security import Security
 from .transports import ResponseTooLarge, TransportName, make_transport, unary
 from .transports.call import frame
 
-__all__ = ["HEALTH_CHECK_PATH", "ModelConnection", "ResponseTooLarge"]
+__all__ = ["HEALTH_CHECK_PATH", "Connector", "ModelConnection", "ResponseTooLarge"]
 
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 
 
 class ModelConnection:
-    def __init__(self, endpoint: ModelEndpoint, *, security: ConnectionSecurity,
-                 max_receive_message_length: int, transport: TransportName = "ngh2") -> None:
+    def __init__(self, endpoint: ModelEndpoint, transport: TransportName,
+                 security: Security, max_receive_message_length: int) -> None:
         self.endpoint = endpoint
-        self.transport = make_transport(transport, endpoint, security,
+        self.transport = make_transport(transport, endpoint, security.for_endpoint(endpoint),
                                         max_receive_message_length)
 
-    async def setup(self, payload: bytes, timeout: float) -> tuple[str, str]:
-        """Run Setup; returns (Status.code, Status.message)."""
-        raw = await unary(self.transport, SETUP_PATH, frame(payload),
-                          time.monotonic() + timeout)
-        status = SetupResponse.parse(raw).status
-        return (status.code, status.message) if status is not None else ("", "")
+    async def setup(self, payload: bytes, timeout: float) -> Outcome:
+        """Run Setup (`payload` is the encoded SetupRequest)."""
+        try:
+            raw = await unary(self.transport, SETUP_PATH, frame(payload),
+                              time.monotonic() + timeout)
+        except Exception as exc:  # every way it can fail is classified in outcomes.py
+            return setup_outcome_of_error(self.endpoint, exc)
+        return read_setup_answer(raw)
 
-    async def health(self, service: str, timeout: float) -> int:
-        """grpc.health.v1 Check: a HealthCheckResponse.ServingStatus value."""
-        raw = await unary(self.transport, HEALTH_CHECK_PATH,
-                          frame(HealthCheckRequest(service=service).SerializeToString()),
-                          time.monotonic() + timeout,
-                          # Hosts vouch for themselves on the model service; health is open
-                          # and model-runner-client never checked it either.
-                          check_peer=False)
-        return int(HealthCheckResponse.FromString(raw).status)
+    async def health(self, service: str, timeout: float) -> Outcome:
+        """grpc.health.v1 Check of `service`: SUCCESS when the host serves it."""
+        try:
+            raw = await unary(self.transport, HEALTH_CHECK_PATH,
+                              frame(HealthCheckRequest(service=service).SerializeToString()),
+                              time.monotonic() + timeout,
+                              # Hosts vouch for themselves on the model service; health is
+                              # open and model-runner-client never checked it either.
+                              check_peer=False)
+        except Exception as exc:
+            return outcome_of_error(self.endpoint, exc, 0)
+        return read_health_answer(raw)
 
     def reconnect(self) -> None:
         """Drop the connection; the next call opens a fresh one."""
@@ -52,3 +67,16 @@ class ModelConnection:
 
     def close(self) -> None:
         self.transport.close()
+
+
+@dataclass(frozen=True)
+class Connector:
+    """Opens a `ModelConnection` to each model the registry holds."""
+
+    transport: TransportName
+    security: Security
+    max_receive_message_length: int
+
+    def connect(self, endpoint: ModelEndpoint) -> ModelConnection:
+        return ModelConnection(endpoint, self.transport, self.security,
+                               self.max_receive_message_length)

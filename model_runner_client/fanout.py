@@ -29,31 +29,20 @@ import asyncio
 import collections
 import functools
 import logging
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
-from typing import NamedTuple
 
 import anyio
-from grpclib.const import Status as GrpcStatus
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
-from h2.exceptions import ProtocolError as H2ProtocolError
 
-from model_runner.wire import CALL_PATH, MissingExtra, StatusCode, VariantError
-from model_runner.wire.codes import names_missing_method
-from model_runner.wire.errors import describe
-from model_runner.wire.lean import parse_call_response
-from model_runner.wire.variant import check_value
+from model_runner.wire import CALL_PATH
 
-from .connection import ModelConnection, ResponseTooLarge
+from .connection import ModelConnection
 from .encoding import ResultDecoder
-from .results import CallStatus, DeferredOutput
-from .transport_security import UntrustedHost
+from .outcomes import Kind, Outcome, outcome_of_error, read_answer
 from .transports import Started
 
-__all__ = ["INLINE_BYTES", "Fanout", "Job", "Kind", "Outcome"]
+__all__ = ["INLINE_BYTES", "Fanout", "Job"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,67 +54,12 @@ INLINE_BYTES = 256 * 1024
 LATE_READING = 1.2
 
 
-class Kind(Enum):
-    """Why a call ended as it did; the client's failure policy reads it."""
-
-    SUCCESS = "success"
-    MODEL_FAILURE = "model failure"
-    #: The host lost its model instance (FAILED_PRECONDITION: it restarted): Setup must run
-    #: again. Not answered, as when unreachable: the model did nothing wrong.
-    NEEDS_SETUP = "needs setup"
-    TIMEOUT = "timeout"
-    UNREACHABLE = "unreachable"
-    #: Not sent: the bound on calls in flight held it until the deadline.
-    NOT_SENT = "not sent"
-    #: The host refused our credentials (token, certificate): the coordinator's configuration.
-    REFUSED = "refused"
-    #: The host failed the identity check of the security mode: it is not the cruncher's.
-    UNTRUSTED = "untrusted"
-    #: The model has no such method: its fault, unless no model that answered has it
-    #: (blame.py: then the coordinator's method name is wrong).
-    MISSING_METHOD = "missing method"
-    #: The coordinator's side: a method no model has, an answer this client cannot decode for
-    #: lack of an optional package. Never counted against a model.
-    COORDINATOR = "coordinator's mistake"
-    #: A bug of ours (logged with its traceback). Never counted against a model.
-    CLIENT_BUG = "client bug"
-
-
-#: The status a coordinator sees for each way a call can end.
-_STATUS_OF = {Kind.SUCCESS: CallStatus.SUCCESS, Kind.MODEL_FAILURE: CallStatus.FAILURE,
-              Kind.NEEDS_SETUP: CallStatus.TIMEOUT, Kind.REFUSED: CallStatus.FAILURE,
-              Kind.UNTRUSTED: CallStatus.FAILURE, Kind.MISSING_METHOD: CallStatus.FAILURE,
-              Kind.COORDINATOR: CallStatus.FAILURE, Kind.CLIENT_BUG: CallStatus.FAILURE,
-              Kind.TIMEOUT: CallStatus.TIMEOUT,
-              Kind.UNREACHABLE: CallStatus.TIMEOUT, Kind.NOT_SENT: CallStatus.TIMEOUT}
-
-
-class Outcome(NamedTuple):
-    """How one call ended (a NamedTuple: one is built per call, ~3x cheaper than a frozen
-    dataclass, which sets each field through object.__setattr__)."""
-
-    kind: Kind
-    output: object = None
-    latency_us: int = 0
-    detail: str = ""
-
-    @property
-    def status(self) -> CallStatus:
-        return _STATUS_OF[self.kind]
-
-
 @dataclass(frozen=True, slots=True)
 class Job:
     connection: ModelConnection
     #: The gRPC-framed CallRequest (transports.call.frame): the same bytes for every model
     #: when the arguments are shared.
     message: bytes
-
-
-# gRPC statuses that mean "did not answer in time" rather than "answered wrongly". Existing
-# servers reject a second concurrent call with RESOURCE_EXHAUSTED "Server busy".
-_TIMEOUT_STATUSES = {GrpcStatus.DEADLINE_EXCEEDED, GrpcStatus.RESOURCE_EXHAUSTED,
-                     GrpcStatus.CANCELLED}
 
 
 class Fanout:
@@ -169,7 +103,7 @@ class Fanout:
                 try:
                     started = job.connection.transport.start(CALL_PATH, job.message, deadline)
                 except Exception as exc:
-                    outcomes[index] = _outcome_of_error(job, exc, _since(sent))
+                    outcomes[index] = outcome_of_error(job.connection.endpoint, exc, _since(sent))
                     continue
                 started.future.add_done_callback(functools.partial(call_done, index))
                 in_flight[index] = started
@@ -191,7 +125,7 @@ class Fanout:
             try:
                 raw = job.connection.transport.finish(started)
             except Exception as exc:
-                outcomes[index] = _outcome_of_error(job, exc, latency)
+                outcomes[index] = outcome_of_error(job.connection.endpoint, exc, latency)
                 return
             if len(raw) > INLINE_BYTES:
                 received.append((index, raw, latency))  # answered in time; read once all settle
@@ -245,35 +179,6 @@ class Fanout:
         return results
 
 
-def _outcome_of_error(job: Job, exc: BaseException, latency: int) -> Outcome:
-    """How a call that ended in an exception counts: the one place transport errors map."""
-    if isinstance(exc, TimeoutError):
-        return Outcome(Kind.TIMEOUT, latency_us=latency,
-                       detail="no answer before the deadline")
-    if isinstance(exc, GRPCError):
-        return _from_grpc_error(latency, exc)
-    if isinstance(exc, UntrustedHost):
-        return Outcome(Kind.UNTRUSTED, latency_us=latency,
-                       detail=f"the host failed the identity check: {exc}")
-    if isinstance(exc, ResponseTooLarge):
-        return Outcome(Kind.MODEL_FAILURE, latency_us=latency,
-                       detail=str(exc))
-    if isinstance(exc, ssl.SSLError):
-        return Outcome(Kind.REFUSED, latency_us=latency,
-                       detail=f"TLS failed: {exc}; check the client's TLS settings")
-    if isinstance(exc, OSError | EOFError | StreamTerminatedError | ProtocolError
-                  | H2ProtocolError):
-        return Outcome(Kind.UNREACHABLE, latency_us=latency,
-                       detail=f"unreachable: {describe(exc)}")
-    # Anything else is a bug of ours (it once counted as an unreachable model, logged at DEBUG,
-    # and ended in a CONNECTION_FAILED report): never the model's.
-    logger.error("bug: the call to %s raised %s", job.connection.endpoint, type(exc).__name__,
-                 exc_info=exc)
-    return Outcome(Kind.CLIENT_BUG, latency_us=latency,
-                   detail=f"not counted: a bug in model-runner-client ({type(exc).__name__}: "
-                          f"{exc}); please report it")
-
-
 def _read(job: Job, raw: bytes, latency: int, decoder: ResultDecoder, *, defer: bool = False,
           check: bool = True) -> Outcome:
     try:
@@ -285,62 +190,7 @@ def _read(job: Job, raw: bytes, latency: int, decoder: ResultDecoder, *, defer: 
                               f"({exc!r}); please report it")
 
 
-def read_answer(raw: bytes, latency_us: int, decoder: ResultDecoder, *, defer: bool = False,
-                check: bool = True) -> Outcome:
-    """The outcome of an answer. With `defer`, the value is left for CallResult.output to
-    decode, after a cheap check (`check`) or none."""
-    try:
-        answer = parse_call_response(raw)
-    except ValueError as exc:
-        return Outcome(Kind.MODEL_FAILURE, latency_us=latency_us,
-                       detail=f"unreadable response: {exc}")
-    # Older hosts send no Status on success; their errors arrive as gRPC statuses instead.
-    if answer.code and answer.code != StatusCode.SUCCESS:
-        if answer.code == StatusCode.FAILED_PRECONDITION:
-            return Outcome(Kind.NEEDS_SETUP, latency_us=latency_us,
-                           detail=f"not answered: the host has no model instance (it restarted; "
-                                  f"setting it up again): {answer.message}")
-        if answer.code == StatusCode.BAD_IMPLEMENTATION and \
-                names_missing_method(answer.message):
-            kind = Kind.MISSING_METHOD
-        else:
-            kind = Kind.MODEL_FAILURE
-        return Outcome(kind, latency_us=latency_us,
-                       detail=f"{answer.code or 'no status'}: {answer.message}")
-    try:
-        if defer:
-            if check and answer.variant_type is not None:
-                check_value(answer.variant_type, answer.value)
-            output: object = DeferredOutput(decoder, answer.variant_type, answer.value)
-        else:
-            output = decoder(answer.variant_type, answer.value)
-    except MissingExtra as exc:
-        return Outcome(Kind.COORDINATOR, latency_us=latency_us,
-                       detail=f"not counted: the model answered, but this client cannot read "
-                              f"the answer: {exc}")
-    except VariantError as exc:
-        return Outcome(Kind.MODEL_FAILURE, latency_us=latency_us,
-                       detail=f"unreadable result: {exc}")
-    except ValueError as exc:
-        return Outcome(Kind.MODEL_FAILURE, latency_us=latency_us,
-                       detail=str(exc))
-    return Outcome(Kind.SUCCESS, output, latency_us)
-
-
 def _since(sent: int) -> int:
     return (time.perf_counter_ns() - sent) // 1000
 
 
-def _from_grpc_error(latency: int, exc: GRPCError) -> Outcome:
-    detail = f"gRPC {exc.status.name}: {exc.message or ''}".rstrip(": ")
-    if exc.status is GrpcStatus.DEADLINE_EXCEEDED:  # the host's side of the same deadline
-        return Outcome(Kind.TIMEOUT, latency_us=latency,
-                       detail=f"no answer before the deadline ({detail} from the host)")
-    if exc.status in _TIMEOUT_STATUSES:
-        return Outcome(Kind.TIMEOUT, latency_us=latency, detail=detail)
-    if exc.status in (GrpcStatus.UNAUTHENTICATED, GrpcStatus.PERMISSION_DENIED):
-        return Outcome(Kind.REFUSED, latency_us=latency,
-                       detail=f"{detail}; check the client's auth_token / TLS settings")
-    if exc.status is GrpcStatus.UNAVAILABLE:
-        return Outcome(Kind.UNREACHABLE, latency_us=latency, detail=detail)
-    return Outcome(Kind.MODEL_FAILURE, latency_us=latency, detail=detail)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelEndpoint"]
+__all__ = ["ModelEndpoint", "host_problem"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +56,24 @@ class ModelEndpoint:
     def __repr__(self) -> str:
         return (f"ModelEndpoint({self.model_id!r}, {self.address}, "
                 f"deployment={self.deployment_id!r}, name={self.model_name!r})")
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` cannot be connected to, or None: an IP address or a DNS name (labels of 1 to
+    63 letters, digits, '-' or '_'; 253 characters at most)."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        ascii_name = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        return f"host name {host[:80]!r} is not a valid DNS name ({exc})"
+    labels = ascii_name.rstrip(".").split(".")
+    if len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return f"host name {host[:80]!r} is not a valid DNS name or IP address"
+    return None
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")

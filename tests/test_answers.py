@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from model_runner.wire import CallResponse, Status, Variant, VariantError, VariantType
 from model_runner.wire.variant import check_value, decode_value
 from model_runner_client.encoding import ResultDecoder
-from model_runner_client.fanout import Kind, read_answer
 from model_runner_client.models import ModelEndpoint
+from model_runner_client.outcomes import Kind, read_answer
 from model_runner_client.results import CallResult, CallStatus, DeferredOutput
 
 json_values = st.recursive(

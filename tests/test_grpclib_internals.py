@@ -25,7 +25,7 @@ async def test_client_bounds_h2s_record_of_closed_streams(good_host: HostProcess
         for _ in range(CLOSED_STREAMS_KEPT + 100):
             assert (await client.call("predict", "BTC", 1))[0].ok
         # An internals test: it reaches the model's transport through the client's registry.
-        transport: Any = client._registry.slots["good"].connection.transport
+        transport: Any = client._registry.models.slots["good"].connection.transport
         assert isinstance(transport, GrpclibTransport)
         closed = transport._channel._protocol.connection._connection._closed_streams
         assert len(closed) <= CLOSED_STREAMS_KEPT

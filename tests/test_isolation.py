@@ -22,8 +22,8 @@ from model_runner_client import (
     ModelEvent,
     ModelRunnerClient,
     OrchestratorLink,
+    model_set,
 )
-from model_runner_client import registry as registry_module
 from tests.hosts import BASE, TEST_SUBMISSIONS, HostProcess, until
 from tests.peer import Peer, client_for, entry, ids
 
@@ -70,7 +70,7 @@ async def test_ten_thousand_unreachable_entries_do_not_starve_ticks(
     """An update of 10,000 entries at a refusing address, while a healthy model is ticked with a
     1 s timeout: every tick stays bounded, the healthy model stays SUCCESS and unreported, and
     after the 10,000 departures (more than the client remembers) it is still called by id."""
-    monkeypatch.setattr(registry_module, "_DEPARTED_KEPT", 1000)
+    monkeypatch.setattr(model_set, "DEPARTED_KEPT", 1000)
     peer.init = [entry("good", good_host)]
     dead = refused_port()
     async with client_for(peer, timeout=1.0, connect_attempts=1) as client:
