@@ -9,6 +9,7 @@ import websockets
 from hypothesis import HealthCheck, settings
 
 from model_runner_client.transports import TRANSPORTS
+from tests.deployment import Deployment
 from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess
 from tests.peer import Peer
 
@@ -17,9 +18,17 @@ settings.register_profile("default", deadline=None,
 settings.load_profile("default")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def anyio_backend() -> str:
-    return "asyncio"  # grpclib is asyncio-only
+    """asyncio (grpclib is asyncio-only); module-scoped, so module-scoped async fixtures (a
+    host in the test process, a secure orchestrator) can use it."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """A secure host's deployment as the orchestrator makes it (tests/deployment.py)."""
+    return Deployment(tmp_path_factory.mktemp("deployment"))
 
 
 def _module_host(code_directory: Path) -> Any:

@@ -15,6 +15,8 @@ Setup and health are answered as a host would; Call behaves by MODE:
 - `bad-utf8-message`: grpc-status 13 with a grpc-message that is not UTF-8.
 - `ping-flood`: answers, then floods PINGs and reads nothing more.
 - `trickle`: answers in one-byte DATA frames, slowly, never finishing (a loop hog).
+- `slow-setup`: holds every Setup for SLOW_SETUP seconds; Call answers with the most Setups
+  it has held at once, across all its connections.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ ANSWER = framed(bytes(CallResponse(status=Status(code="SUCCESS"),
 SETUP = framed(bytes(SetupResponse(status=Status(code="SUCCESS"))))
 HEALTH = framed(HealthCheckResponse(status=HealthCheckResponse.SERVING).SerializeToString())
 OK_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+SLOW_SETUP = 0.3
+
+
+class SetupCount:
+    """Setups held at once (slow-setup), across connections."""
+
+    now = 0
+    most = 0
 
 
 class Host(asyncio.Protocol):
@@ -85,7 +95,9 @@ class Host(asyncio.Protocol):
     def answer(self, stream_id: int) -> None:
         path = self.paths.pop(stream_id, b"")
         ok = [(b"grpc-status", b"0")]
-        if path.endswith(b"/Setup"):
+        if path.endswith(b"/Setup") and self.mode == "slow-setup":
+            self.spawn(self.slow_setup(stream_id))
+        elif path.endswith(b"/Setup"):
             self.send(stream_id, SETUP, ok)
         elif path.endswith(b"/Check"):
             self.send(stream_id, HEALTH, ok)
@@ -117,6 +129,10 @@ class Host(asyncio.Protocol):
         elif self.mode == "ping-flood":
             self.send(stream_id, ANSWER, ok)
             self.spawn(self.flood_pings())
+        elif self.mode == "slow-setup":
+            self.send(stream_id, framed(bytes(CallResponse(
+                status=Status(code="SUCCESS"),
+                method_response=encode_value(float(SetupCount.most))))), ok)
         elif self.mode == "trickle":
             self.h2.send_headers(stream_id, OK_HEADERS)
             self.spawn(self.trickle(stream_id))
@@ -135,6 +151,19 @@ class Host(asyncio.Protocol):
                 return
             self.transport.write(frame * 1000)
             await asyncio.sleep(0)
+
+    async def slow_setup(self, stream_id: int) -> None:
+        SetupCount.now += 1
+        SetupCount.most = max(SetupCount.most, SetupCount.now)
+        try:
+            await asyncio.sleep(SLOW_SETUP)
+        finally:
+            SetupCount.now -= 1
+        try:
+            self.send(stream_id, SETUP, [(b"grpc-status", b"0")])
+        except Exception:  # the client gave up on it
+            return
+        self.flush()
 
     async def trickle(self, stream_id: int) -> None:
         for byte in ANSWER * 100_000:

@@ -9,7 +9,8 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 from model_runner_client import ModelEvent, ModelRunnerClient
-from tests.hosts import BASE, HostProcess, until
+from tests.clients import orchestrator_client
+from tests.hosts import HostProcess, until
 
 
 def entry(model_id: str, host: HostProcess | int | str, deployment: str = "d1",
@@ -62,13 +63,8 @@ class Peer:
 
 def client_for(peer: Peer, events: list[ModelEvent] | None = None,
                **options: Any) -> ModelRunnerClient:
-    options.setdefault("timeout", 2.0)
-    client = ModelRunnerClient("crunch", "127.0.0.1", peer.port, base_classname=BASE,
-                               on_event=events.append if events is not None else None,
+    return orchestrator_client(peer.port, on_event=events.append if events is not None else None,
                                **options)
-    assert client.link is not None
-    client.link.backoff_initial = 0.05  # reconnect fast in tests
-    return client
 
 
 def ids(client: ModelRunnerClient) -> set[str]:

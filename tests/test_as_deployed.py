@@ -81,10 +81,6 @@ async def test_explicit_addresses_stay_as_given(address: str, reached: str, not_
 # --- the deployed secure mode ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
-    return Deployment(tmp_path_factory.mktemp("deployment"))
-
 
 @pytest.fixture(scope="module")
 def secure_host(deployment: Deployment) -> Iterator[HostProcess]:
@@ -93,10 +89,6 @@ def secure_host(deployment: Deployment) -> Iterator[HostProcess]:
     yield host
     host.stop()
 
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 async def tick(port: int, credentials: SecureCredentials) -> tuple[list[Any], list[FailureReport]]:

@@ -51,5 +51,6 @@ async def test_no_call_fails_and_no_model_is_lost_under_churn(seed: int) -> None
             await orchestrator.wait_running(timeout=60)
             await client.wait_for_models(7, timeout=60)  # every model back in the client
             assert (await client.call("predict", "BTC", 2)).counts()[CallStatus.SUCCESS] == 7
+        # Internals, on purpose: every host process it ever spawned, replaced ones included.
         spawned = list(orchestrator._spawned)
     assert spawned and all(h.proc is not None and h.proc.poll() is not None for h in spawned)

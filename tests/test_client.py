@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,35 +23,25 @@ from model_runner_client import (
     ModelRunnerClient,
     UnknownModelError,
 )
+from tests import clients
+from tests.clients import address_client, free_port
 from tests.hosts import BASE, SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, reported, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 
-def endpoint(host: HostProcess, model_id: str, deployment: str = "d1",
-             **infos: str) -> ModelEndpoint:
-    return ModelEndpoint(model_id, "127.0.0.1", host.port, deployment,
-                         {"model_name": f"{model_id}-name", "cruncher_id": f"{model_id}-cid",
-                          "cruncher_name": f"{model_id}-cruncher", **infos})
-
-
-def make_client(addresses: list[Any], **options: Any) -> ModelRunnerClient:
-    options.setdefault("timeout", 2.0)
-    return ModelRunnerClient.from_addresses(addresses, base_classname=BASE, **options)
+def endpoint(host: HostProcess, model_id: str, deployment: str = "d1") -> ModelEndpoint:
+    """A model with the orchestrator's metadata, which results carry."""
+    return clients.endpoint(host, model_id, deployment, model_name=f"{model_id}-name",
+                            cruncher_id=f"{model_id}-cid", cruncher_name=f"{model_id}-cruncher")
 
 
 @pytest.fixture
 async def two_models(good_host: HostProcess,
                      toolbox_host: HostProcess) -> AsyncIterator[ModelRunnerClient]:
-    async with make_client([endpoint(good_host, "good"), endpoint(toolbox_host, "tool")]) as c:
+    async with address_client([endpoint(good_host, "good"), endpoint(toolbox_host, "tool")]) as c:
         await c.wait_for_models(2, timeout=20)
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- basics ---
@@ -73,7 +62,7 @@ async def test_tick_and_predict(two_models: ModelRunnerClient) -> None:
 
 
 async def test_from_plain_addresses(good_host: HostProcess) -> None:
-    async with make_client([good_host.address]) as client:
+    async with address_client([good_host.address]) as client:
         models = await client.wait_for_models(timeout=20)
         assert [m.model_id for m in models] == [good_host.address]
         results = await client.call("predict", "BTC", 1)
@@ -139,7 +128,7 @@ async def test_shared_arguments_are_encoded_once(two_models: ModelRunnerClient,
         return encoded[-1]
 
     monkeypatch.setattr(client_module, "encode_call", spy)
-    async with make_client(many) as client:
+    async with address_client(many) as client:
         await client.wait_for_models(20, timeout=20)
         results = await client.call("predict", "BTC", 1)
     assert len(results) == 20 and all(r.ok for r in results)
@@ -147,7 +136,7 @@ async def test_shared_arguments_are_encoded_once(two_models: ModelRunnerClient,
 
 
 async def test_use_before_start_is_a_clear_error(good_host: HostProcess) -> None:
-    client = make_client([good_host.address])
+    client = address_client([good_host.address])
     with pytest.raises(RuntimeError, match="async with"):
         await client.call("predict", "BTC", 1)
 
@@ -162,7 +151,7 @@ async def test_call_returns_within_the_deadline_however_models_hang(
         models = [endpoint(h, f"hang{i}") for i, h in enumerate(hangers)]
         models.append(endpoint(good_host, "good"))
         models.append(ModelEndpoint("nobody", "127.0.0.1", free_port(), "d"))  # refuses
-        async with make_client(models, timeout=0.5, connect_attempts=1) as client:
+        async with address_client(models, timeout=0.5, connect_attempts=1) as client:
             await client.wait_for_models(4, timeout=20)
             started = time.monotonic()
             results = await client.call(
@@ -184,7 +173,7 @@ async def test_an_abandoned_call_keeps_its_turn_and_the_connection_stays_usable(
         toolbox_host: HostProcess) -> None:
     """The deadline resets the stream (RST_STREAM CANCEL); the model's code runs to its end
     and holds its turn (README), and the same connection serves the next call."""
-    async with make_client([endpoint(toolbox_host, "tool")], timeout=0.3) as client:
+    async with address_client([endpoint(toolbox_host, "tool")], timeout=0.3) as client:
         await client.wait_for_models(1, timeout=20)
         results = await client.call("async_sleep", 1.5)
         assert results["tool"].status is CallStatus.TIMEOUT
@@ -198,7 +187,7 @@ async def test_an_abandoned_call_keeps_its_turn_and_the_connection_stays_usable(
 async def test_a_process_exiting_mid_call(good_host: HostProcess) -> None:
     dying = HostProcess(TEST_SUBMISSIONS / "toolbox").start()
     try:
-        async with make_client([endpoint(dying, "dying"), endpoint(good_host, "good")],
+        async with address_client([endpoint(dying, "dying"), endpoint(good_host, "good")],
                                timeout=2.0) as client:
             await client.wait_for_models(2, timeout=20)
             results = await client.call("kill", models=["dying"])
@@ -215,7 +204,7 @@ async def test_bound_on_calls_in_flight(toolbox_host: HostProcess) -> None:
     hosts = [HostProcess(TEST_SUBMISSIONS / "toolbox").start() for _ in range(3)]
     try:
         models = [endpoint(h, f"m{i}") for i, h in enumerate(hosts)]
-        async with make_client(models, timeout=0.8, max_concurrent_calls=1) as client:
+        async with address_client(models, timeout=0.8, max_concurrent_calls=1) as client:
             await client.wait_for_models(3, timeout=20)
             # One call at a time: the first answers at 0.5 s, the second is still running at
             # the 0.8 s deadline, the third was never sent.
@@ -236,7 +225,7 @@ async def test_consecutive_failures_disconnect_and_report_once(
 ) -> None:
     reports: list[FailureReport] = []
     events: list[ModelEvent] = []
-    async with make_client([endpoint(raising_host, "bad"), endpoint(good_host, "good")],
+    async with address_client([endpoint(raising_host, "bad"), endpoint(good_host, "good")],
                            max_consecutive_failures=2, on_failure=reports.append,
                            on_event=events.append) as client:
         await client.wait_for_models(2, timeout=20)
@@ -263,7 +252,7 @@ async def test_timeout_streak_cools_down_then_disconnects(toolbox_host: HostProc
     hanger = HostProcess(TEST_SUBMISSIONS / "toolbox").start()
     reports: list[FailureReport] = []
     try:
-        async with make_client([endpoint(hanger, "hang"), endpoint(good_host, "good")],
+        async with address_client([endpoint(hanger, "hang"), endpoint(good_host, "good")],
                                timeout=0.3, max_consecutive_timeouts=3,
                                on_failure=reports.append) as client:
             await client.wait_for_models(2, timeout=20)
@@ -286,7 +275,7 @@ async def test_bad_implementation_at_setup_is_dropped_and_reported(
     bad_host: HostProcess, good_host: HostProcess
 ) -> None:
     reports: list[FailureReport] = []
-    async with make_client([endpoint(bad_host, "bad"), endpoint(good_host, "good")],
+    async with address_client([endpoint(bad_host, "bad"), endpoint(good_host, "good")],
                            on_failure=reports.append) as client:
         await client.wait_for_models(timeout=20)
         assert [m.model_id for m in client.models] == ["good"]
@@ -296,7 +285,7 @@ async def test_bad_implementation_at_setup_is_dropped_and_reported(
 
 
 async def test_a_host_that_lost_its_instance_is_set_up_again(toolbox_host: HostProcess) -> None:
-    async with make_client([endpoint(toolbox_host, "tool")]) as client:
+    async with address_client([endpoint(toolbox_host, "tool")]) as client:
         await client.wait_for_models(1, timeout=20)
         async with toolbox_host.channel() as channel:
             await DynamicSubclassServiceStub(channel).rest()  # as if the host had restarted
@@ -312,7 +301,7 @@ async def test_a_host_that_lost_its_instance_is_set_up_again(toolbox_host: HostP
 
 async def test_setup_retries_until_the_host_is_up() -> None:
     port = free_port()
-    async with make_client([f"127.0.0.1:{port}"], connect_attempts=20) as client:
+    async with address_client([f"127.0.0.1:{port}"], connect_attempts=20) as client:
         await asyncio.sleep(0.5)  # time passes: still pending, retrying, no error
         assert client.models == [] and len(client.pending) == 1
         host = HostProcess(TEST_SUBMISSIONS / "toolbox", port=port).start()
@@ -324,7 +313,7 @@ async def test_setup_retries_until_the_host_is_up() -> None:
 
 
 async def test_wait_for_models_times_out_with_a_clear_message() -> None:
-    async with make_client([f"127.0.0.1:{free_port()}"], connect_attempts=50) as client:
+    async with address_client([f"127.0.0.1:{free_port()}"], connect_attempts=50) as client:
         with pytest.raises(TimeoutError, match="0 ready, 1 still connecting"):
             await client.wait_for_models(1, timeout=0.5)
 
@@ -375,7 +364,7 @@ async def test_close_leaves_no_task_or_socket(good_host: HostProcess,
 
     before_fds = open_fds()
     before_tasks = len(asyncio.all_tasks())
-    client = make_client([endpoint(good_host, "good"), endpoint(toolbox_host, "tool"),
+    client = address_client([endpoint(good_host, "good"), endpoint(toolbox_host, "tool"),
                           ModelEndpoint("nobody", "127.0.0.1", free_port(), "d")],
                          connect_attempts=100, timeout=5.0)
     await client.start()
@@ -394,7 +383,7 @@ async def test_close_leaves_no_task_or_socket(good_host: HostProcess,
 
 
 async def test_a_response_over_the_client_limit_is_a_failure(toolbox_host: HostProcess) -> None:
-    async with make_client([endpoint(toolbox_host, "tool")],
+    async with address_client([endpoint(toolbox_host, "tool")],
                            max_receive_message_length=100_000) as client:
         await client.wait_for_models(1, timeout=20)
         results = await client.call("big", 5_000_000)
@@ -410,7 +399,7 @@ async def test_sigterm_to_a_host_during_a_tick(good_host: HostProcess, tmp_path:
     stopping = HostProcess(TEST_SUBMISSIONS / "toolbox", "--grace-period", "5").start()
     reports: list[FailureReport] = []
     try:
-        async with make_client([endpoint(stopping, "stopping"), endpoint(good_host, "good")],
+        async with address_client([endpoint(stopping, "stopping"), endpoint(good_host, "good")],
                                timeout=3.0, on_failure=reports.append) as client:
             await client.wait_for_models(2, timeout=20)
             mark = tmp_path / "in-flight"
@@ -441,7 +430,7 @@ async def test_warns_when_models_near_the_open_file_limit(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
     try:
-        async with make_client([endpoint(host, f"m{i}") for i in range(150)]) as client:
+        async with address_client([endpoint(host, f"m{i}") for i in range(150)]) as client:
             await client.wait_for_models(150, timeout=60)
         assert caplog.text.count("near this process's limit of 200 open files") == 1
     finally:
@@ -453,7 +442,7 @@ async def test_closing_with_calls_in_flight_blames_no_network(
         toolbox_host: HostProcess, caplog: pytest.LogCaptureFixture) -> None:
     """Every call ends unreachable when the client closes under them: that is no sign of the
     coordinator's network being down."""
-    client = make_client([endpoint(toolbox_host, "one"), endpoint(toolbox_host, "two")],
+    client = address_client([endpoint(toolbox_host, "one"), endpoint(toolbox_host, "two")],
                          timeout=5.0)
     await client.start()
     await client.wait_for_models(2, timeout=20)

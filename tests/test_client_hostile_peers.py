@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_runner_client import CallStatus, FailureReport, ModelEndpoint, ModelRunnerClient
-from tests.hosts import BASE, HostProcess, until
+from model_runner_client import CallStatus, FailureReport
+from tests.clients import address_client, endpoint
+from tests.hosts import HostProcess, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
@@ -52,10 +53,9 @@ async def _serving(behaviour: Behaviour) -> AsyncIterator[int]:
 async def check(good_host: HostProcess, behaviour: Behaviour) -> None:
     reports: list[FailureReport] = []
     async with _serving(behaviour) as port:
-        client = ModelRunnerClient.from_addresses(
-            [ModelEndpoint("good", "127.0.0.1", good_host.port, "d"),
-             ModelEndpoint("odd", "127.0.0.1", port, "d")],
-            base_classname=BASE, connect_attempts=1, setup_timeout=5,
+        client = address_client(
+            [endpoint(good_host, "good"), endpoint(port, "odd")], connect_attempts=1,
+            setup_timeout=5,
             on_failure=reports.append)
         async with client:
             await client.wait_for_models(timeout=20)  # returns: the odd one settled too
@@ -132,8 +132,7 @@ async def test_an_answer_longer_than_its_message_is_refused() -> None:
     server = await loop.create_server(_TooMuch, "127.0.0.1", 0)
     try:
         port = server.sockets[0].getsockname()[1]
-        client = ModelRunnerClient.from_addresses(
-            [ModelEndpoint("odd", "127.0.0.1", port, "d")], base_classname=BASE, timeout=5.0)
+        client = address_client([endpoint(port, "odd")], timeout=5.0)
         async with client:
             await client.wait_for_models(1, timeout=20)
             result = (await client.call("predict", "BTC", 2))["odd"]
@@ -191,11 +190,12 @@ async def test_a_health_answer_that_does_not_parse_is_handled_by_the_supervisor(
     odd = _UnreadableHealth()
     server = Server([odd], codec=PassthroughCodec())
     await server.start("127.0.0.1", 0)
+    # grpclib's Server does not say the port it bound to port 0.
     port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     reports: list[FailureReport] = []
     try:
-        client = ModelRunnerClient.from_addresses(
-            [ModelEndpoint("odd", "127.0.0.1", port, "d")], base_classname=BASE, timeout=0.5,
+        client = address_client(
+            [endpoint(port, "odd")], timeout=0.5,
             max_consecutive_timeouts=10, on_failure=reports.append)
         async with client:
             await client.wait_for_models(1, timeout=20)

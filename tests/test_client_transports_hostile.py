@@ -6,30 +6,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from benchmarks._common import ROOT, free_port, start_listening, start_script
-from model_runner.process import host_environment
-from model_runner_client import CallStatus, ModelEndpoint, ModelRunnerClient
-from tests.hosts import BASE, reported, until
+from benchmarks._common import start_script
+from model_runner_client import CallStatus
+from tests.clients import address_client, hostile, models_at
+from tests.hosts import reported, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
-
-
-@contextlib.contextmanager
-def hostile(mode: str) -> Iterator[int]:
-    port = free_port()
-    proc = start_listening([sys.executable, str(ROOT / "tests" / "hostile_host.py"), str(port),
-                            mode], port, env=host_environment([ROOT]))
-    try:
-        yield port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def open_sockets() -> int:
@@ -40,17 +26,11 @@ def open_sockets() -> int:
     return count
 
 
-def client_for(port: int, count: int = 1, **options: object) -> ModelRunnerClient:
-    endpoints = [ModelEndpoint(f"m{i}", "127.0.0.1", port, "d") for i in range(count)]
-    options.setdefault("timeout", 2.0)
-    return ModelRunnerClient.from_addresses(endpoints, base_classname=BASE, **options)  # type: ignore[arg-type]
-
-
 async def test_a_host_that_sends_goaway_after_every_answer_leaks_no_socket() -> None:
     """ngh2 once left a socket open per GOAWAY: 31 after 50 ticks, still open after close()."""
     with hostile("goaway-each") as port:
         before = open_sockets()
-        async with client_for(port) as client:
+        async with address_client(models_at(port, 1)) as client:
             await client.wait_for_models(1, timeout=20)
             for tick in range(50):
                 result = (await client.call("predict"))[0]
@@ -66,7 +46,7 @@ async def test_answers_to_the_calls_a_goaway_kept_are_kept(
     refused an answer after a GOAWAY that kept its call ('Protocol error'): the model was
     reported CONNECTION_FAILED after three."""
     with hostile(mode) as port:
-        async with client_for(port) as client:
+        async with address_client(models_at(port, 1)) as client:
             await client.wait_for_models(1, timeout=20)
             for tick in range(5):
                 result = (await client.call("predict"))[0]
@@ -76,7 +56,7 @@ async def test_answers_to_the_calls_a_goaway_kept_are_kept(
 
 async def test_the_trailers_status_wins_on_both_transports() -> None:
     with hostile("contradicting-status") as port:
-        async with client_for(port) as client:
+        async with address_client(models_at(port, 1)) as client:
             await client.wait_for_models(1, timeout=20)
             result = (await client.call("predict"))[0]
     assert result.ok and result.output == 1.0, result.detail
@@ -85,7 +65,7 @@ async def test_the_trailers_status_wins_on_both_transports() -> None:
 async def test_a_message_that_is_not_utf8_logs_no_traceback(
         caplog: pytest.LogCaptureFixture) -> None:
     with hostile("bad-utf8-message") as port:
-        async with client_for(port) as client:
+        async with address_client(models_at(port, 1)) as client:
             await client.wait_for_models(1, timeout=20)
             with caplog.at_level(logging.DEBUG):
                 for _ in range(3):
@@ -100,7 +80,7 @@ async def test_a_host_flooding_pings_it_never_reads_loses_its_connection(
     """Unread PING acks piled up in the client without a cap (~3-5 MB/s). On ngh2, nghttp2's
     own limit (max_outbound_ack) may end a burst first."""
     with hostile("ping-flood") as port:
-        async with client_for(port, max_consecutive_timeouts=100) as client:
+        async with address_client(models_at(port, 1), max_consecutive_timeouts=100) as client:
             await client.wait_for_models(1, timeout=20)
             with caplog.at_level(logging.INFO, logger="model_runner_client.transports"):
                 # The flood starts after this answer; on ngh2 it may arrive in the same read
@@ -117,10 +97,8 @@ async def test_hosts_trickling_bytes_cost_honest_models_nothing(transport: str) 
     server, port = start_script("fast_server.py", "--delay", "0.5")
     try:
         with hostile("trickle") as bad_port:
-            endpoints = [ModelEndpoint(f"honest-{i}", "127.0.0.1", port, "d") for i in range(30)]
-            endpoints += [ModelEndpoint(f"bad-{i}", "127.0.0.1", bad_port, "d") for i in range(5)]
-            client = ModelRunnerClient.from_addresses(endpoints, base_classname=BASE,
-                                                      timeout=1.0, max_consecutive_timeouts=100)
+            client = address_client(models_at(port, 30, "honest-") + models_at(bad_port, 5, "bad-"),
+                                    timeout=1.0, max_consecutive_timeouts=100)
             async with client:
                 await client.wait_for_models(35, timeout=30)
                 for _ in range(3):

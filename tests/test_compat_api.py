@@ -202,6 +202,7 @@ async def test_init_and_sync_started_together_share_one_client() -> None:
         sync = asyncio.ensure_future(runner.sync())
         await runner.init()
         assert list(runner.model_cluster.models_run) == ["good"]
+        # Internals, on purpose: the orchestrator counts its websocket clients.
         assert len(orchestrator._clients) == 1  # one client, one orchestrator link
         await runner.model_cluster.ws_client.disconnect()
         await asyncio.wait_for(sync, timeout=10)

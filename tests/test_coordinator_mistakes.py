@@ -14,20 +14,16 @@ from typing import Any
 import pytest
 
 from model_runner_client import CallStatus, FailureReport, ModelEndpoint, ModelRunnerClient
-from tests.hosts import BASE, SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, until
+from tests.clients import address_client, endpoint
+from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 
-def at(host: HostProcess, model_id: str) -> ModelEndpoint:
-    return ModelEndpoint(model_id, "127.0.0.1", host.port, "d1")
-
-
 def client(endpoints: list[ModelEndpoint], reports: list[FailureReport],
            **options: Any) -> ModelRunnerClient:
-    options.setdefault("base_classname", BASE)
-    return ModelRunnerClient.from_addresses(endpoints, timeout=5, max_consecutive_failures=3,
-                                            on_failure=reports.append, **options)
+    return address_client(endpoints, timeout=5, max_consecutive_failures=3,
+                          on_failure=reports.append, **options)
 
 
 def errors(caplog: pytest.LogCaptureFixture, needle: str) -> list[str]:
@@ -39,8 +35,8 @@ async def test_a_method_no_model_has_is_the_coordinator_s_typo(
         good_host: HostProcess, toolbox_host: HostProcess, raising_host: HostProcess,
         caplog: pytest.LogCaptureFixture) -> None:
     reports: list[FailureReport] = []
-    async with client([at(good_host, "good"), at(toolbox_host, "tool"),
-                       at(raising_host, "raising")], reports) as coordinator:
+    async with client([endpoint(good_host, "good"), endpoint(toolbox_host, "tool"),
+                       endpoint(raising_host, "raising")], reports) as coordinator:
         await coordinator.wait_for_models(3, timeout=20)
         for _ in range(5):  # more than max_consecutive_failures
             results = await coordinator.call("predcit", "BTC", 1)
@@ -59,7 +55,8 @@ async def test_a_method_no_model_has_is_the_coordinator_s_typo(
 async def test_one_model_lacking_a_method_the_others_have_is_that_model_s_fault(
         good_host: HostProcess, toolbox_host: HostProcess) -> None:
     reports: list[FailureReport] = []
-    async with client([at(good_host, "good"), at(toolbox_host, "tool")], reports) as coordinator:
+    async with client([endpoint(good_host, "good"), endpoint(toolbox_host, "tool")],
+                      reports) as coordinator:
         await coordinator.wait_for_models(2, timeout=20)
         for _ in range(3):
             results = await coordinator.call("echo", 1)
@@ -75,7 +72,7 @@ async def test_a_base_class_no_host_can_import_reports_nobody(
     hosts = [HostProcess(SUBMISSIONS / "good_tracker").start() for _ in range(2)]
     try:
         reports: list[FailureReport] = []
-        async with client([at(hosts[0], "good"), at(hosts[1], "other")], reports,
+        async with client([endpoint(hosts[0], "good"), endpoint(hosts[1], "other")], reports,
                           base_classname="starter_challenge.trackr.TrackerBase") as coordinator:
             await coordinator.wait_for_models(timeout=20)
             assert coordinator.models == []
@@ -92,7 +89,8 @@ async def test_a_host_that_alone_cannot_import_the_base_is_reported(
     broken = HostProcess(TEST_SUBMISSIONS / "broken_base").start()
     try:
         reports: list[FailureReport] = []
-        async with client([at(broken, "broken"), at(good_host, "good")], reports) as coordinator:
+        async with client([endpoint(broken, "broken"), endpoint(good_host, "good")],
+                          reports) as coordinator:
             await coordinator.wait_for_models(timeout=20)
             assert [m.model_id for m in coordinator.models] == ["good"]
             await until(lambda: bool(reports))
@@ -108,7 +106,7 @@ async def test_an_answer_this_client_cannot_decode_is_not_the_model_s(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A coordinator without the `dataframes` extra read every DataFrame as a failure."""
     reports: list[FailureReport] = []
-    async with client([at(toolbox_host, "tool"), at(raising_host, "raising")],
+    async with client([endpoint(toolbox_host, "tool"), endpoint(raising_host, "raising")],
                       reports) as coordinator:
         await coordinator.wait_for_models(2, timeout=20)
         monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
@@ -134,7 +132,7 @@ async def test_a_bug_of_ours_is_logged_and_never_counted(
         raise RuntimeError("a bug in the call path")
 
     reports: list[FailureReport] = []
-    async with client([at(good_host, "good"), at(raising_host, "raising")],
+    async with client([endpoint(good_host, "good"), endpoint(raising_host, "raising")],
                       reports) as coordinator:
         await coordinator.wait_for_models(2, timeout=20)
         with monkeypatch.context() as patch:

@@ -16,14 +16,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import base58
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
-    PublicFormat,
 )
 from grpclib.client import Channel
 from grpclib.const import Status as GrpcStatus
@@ -53,6 +51,7 @@ from model_runner_client.security.credentials import SecureCredentials
 from model_runner_client.security.gateway_credentials import GatewayCredentials
 from model_runner_client.utils.datatype_transformer import encode_data
 from tests.certs import Pki, make_pki
+from tests.deployment import wallet_address
 from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, HostProcess, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
@@ -63,11 +62,6 @@ HOTKEY = "5Hotkey"
 
 def wallet() -> ed25519.Ed25519PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
-
-
-def wallet_address(key: ed25519.Ed25519PrivateKey) -> str:
-    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return str(base58.b58encode(raw).decode())
 
 
 @pytest.fixture(scope="module")
@@ -113,16 +107,13 @@ async def headers_host(pki: Pki) -> AsyncIterator[tuple[ModelHost, _Headers]]:
                                 tls_cert=pki.server_cert, tls_key=pki.server_key,
                                 tls_client_ca=pki.ca))
     served = _Headers()
+    # Internals, on purpose: the test sets the delegation headers the host sends.
     listen(host._server, SendInitialMetadata, served)
     await host.start()
     yield host, served
     await host.drain(0)
     sys.path.remove(str(EXAMPLES))
 
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 async def connect(port: int, credentials: SecureCredentials, infos: dict[str, Any]) -> tuple[

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from model_runner_client import ModelEndpoint, ModelRunnerClient
+from model_runner_client import ModelEndpoint
 from model_runner_client.transports.grpclib import CLOSED_STREAMS_KEPT, GrpclibTransport
-from tests.hosts import BASE, HostProcess
+from tests.clients import address_client, endpoint
+from tests.hosts import HostProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -17,9 +18,7 @@ pytestmark = pytest.mark.anyio
 async def test_client_bounds_h2s_record_of_closed_streams(good_host: HostProcess) -> None:
     """h2 would keep 65,536 closed-stream records per connection: megabytes per model.
     (H2Protocol.connection._connection._closed_streams._size_limit)"""
-    client = ModelRunnerClient.from_addresses(
-        [ModelEndpoint("good", "127.0.0.1", good_host.port, "d")], base_classname=BASE,
-        transport="grpclib")
+    client = address_client([endpoint(good_host, "good")], transport="grpclib")
     async with client:
         await client.wait_for_models(1, timeout=20)
         for _ in range(CLOSED_STREAMS_KEPT + 100):
@@ -34,9 +33,8 @@ async def test_client_bounds_h2s_record_of_closed_streams(good_host: HostProcess
 async def test_client_reads_the_length_prefix_and_the_peer(toolbox_host: HostProcess) -> None:
     """The client's own events processor (EventsProcessor subclassed: the answer limit, read
     from the length prefix) and Connection._transport (the TLS peer's key)."""
-    client = ModelRunnerClient.from_addresses(
-        [ModelEndpoint("tool", "127.0.0.1", toolbox_host.port, "d")], base_classname=BASE,
-        transport="grpclib", max_receive_message_length=10_000)
+    client = address_client([endpoint(toolbox_host, "tool")], transport="grpclib",
+                            max_receive_message_length=10_000)
     async with client:
         await client.wait_for_models(1, timeout=20)
         result = (await client.call("big", 20_000))[0]

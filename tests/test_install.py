@@ -28,10 +28,6 @@ COORDINATOR = Path(__file__).parent / "install" / "old_api_coordinator.py"
 OLD_CLIENT = "model-runner-client==0.14.0"
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -71,10 +67,6 @@ async def coordinate(venv: Path, port: int, crunch_id: str, ticks: int,
     statuses: list[list[str]] = json.loads(out.strip().splitlines()[-1])["statuses"]
     return statuses, err[-3000:]
 
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
-    return Deployment(tmp_path_factory.mktemp("deployment"))
 
 
 @pytest.fixture(scope="module")

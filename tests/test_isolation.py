@@ -24,6 +24,7 @@ from model_runner_client import (
     OrchestratorLink,
     model_set,
 )
+from tests.clients import address_client, endpoint, models_at
 from tests.hosts import BASE, TEST_SUBMISSIONS, HostProcess, until
 from tests.peer import Peer, client_for, entry, ids
 
@@ -129,6 +130,7 @@ async def test_reports_go_out_once_each_in_order_under_back_pressure() -> None:
     ws = _SlowSocket()
     models = [ModelEndpoint(f"m{i}", "127.0.0.1", 1, "d1") for i in range(3)]
     async with anyio.create_task_group() as group:
+        # Internals, on purpose: the link's sender, on a socket that applies back-pressure.
         group.start_soon(link._send_reports, ws)
         await anyio.lowlevel.checkpoint()
         async with anyio.create_task_group() as reporters:  # three reports at once
@@ -190,13 +192,12 @@ async def test_a_costly_answer_costs_only_its_own_model(
     because the heavy answer was decoded first, on the loop, inside the deadline), and no one
     is reported."""
     heavy, *honest = four_hosts
-    endpoints = [ModelEndpoint("heavy", "127.0.0.1", heavy.port, "d1")] + [
-        ModelEndpoint(f"honest-{i}", "127.0.0.1", h.port, "d1") for i, h in enumerate(honest)]
+    endpoints = [endpoint(heavy, "heavy")] + [
+        endpoint(h, f"honest-{i}") for i, h in enumerate(honest)]
     reports: list[FailureReport] = []
     options: dict[str, Any] = {} if limit is None else {"max_receive_message_length": limit}
-    client = ModelRunnerClient.from_addresses(endpoints, base_classname=BASE, timeout=1.0,
-                                              on_failure=reports.append,
-                                              max_consecutive_failures=10, **options)
+    client = address_client(endpoints, timeout=1.0, on_failure=reports.append,
+                            max_consecutive_failures=10, **options)
     async with client:
         await client.wait_for_models(4, timeout=20)
         for _ in range(4):
@@ -230,10 +231,9 @@ async def test_a_tick_is_bounded_whatever_the_answers_weigh(transport: str) -> N
     from benchmarks._common import start_script
     server, port = start_script("fast_server.py", "--delay", "0.5", "--json-mib", "4")
     try:
-        endpoints = [ModelEndpoint(f"m{i}", "127.0.0.1", port, "d") for i in range(30)]
-        client = ModelRunnerClient.from_addresses(
-            endpoints, base_classname=BASE, timeout=1.0, max_consecutive_timeouts=100,
-            max_receive_message_length=8 * 1024 * 1024)
+        client = address_client(models_at(port, 30), timeout=1.0,
+                                max_consecutive_timeouts=100,
+                                max_receive_message_length=8 * 1024 * 1024)
         async with client:
             await client.wait_for_models(30, timeout=30)
             started = time.monotonic()

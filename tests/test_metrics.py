@@ -5,16 +5,13 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from model_runner_client import FailureReport, ModelEndpoint, ModelRunnerClient
+from model_runner_client import FailureReport
 from model_runner_client.metrics import PrometheusMetrics
-from tests.hosts import BASE, HostProcess, until
+from tests.clients import address_client, endpoint
+from tests.hosts import HostProcess, until
 
 pytestmark = pytest.mark.anyio
 
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def value(text: str, series: str) -> float:
@@ -28,10 +25,9 @@ async def test_a_running_client_exports_what_a_coordinator_watches(
         good_host: HostProcess, raising_host: HostProcess) -> None:
     registry = CollectorRegistry()
     reports: list[FailureReport] = []
-    client = ModelRunnerClient.from_addresses(
-        [ModelEndpoint("good", "127.0.0.1", good_host.port, "d"),
-         ModelEndpoint("raising", "127.0.0.1", raising_host.port, "d")],
-        base_classname=BASE, timeout=5.0, max_consecutive_failures=2,
+    client = address_client(
+        [endpoint(good_host, "good"), endpoint(raising_host, "raising")],
+        timeout=5.0, max_consecutive_failures=2,
         metrics=PrometheusMetrics(registry), on_failure=reports.append)
     async with client:
         await client.wait_for_models(2, timeout=20)

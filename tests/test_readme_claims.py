@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -11,14 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from model_runner.wire import DynamicSubclassServiceStub
+from model_runner_client import ModelEndpoint, OrchestratorLink
 from model_runner_client.orchestrator import backoff_delay
 from model_runner_client.policy import Streaks
+from tests.clients import address_client, hostile, models_at
 from tests.hosts import HostProcess, ok, setup
 
 # --- the failure policy, as a state machine -------------------------------------------------
@@ -115,6 +120,67 @@ def test_model_runner_uvloop_0_keeps_the_default_loop(monkeypatch: pytest.Monkey
     monkeypatch.setenv("MODEL_RUNNER_UVLOOP", "1")
     assert eventloop.uvloop_enabled()  # installed with the test extra
     assert eventloop.run(loop_type()).startswith("uvloop")
+
+
+# --- the client: joins and the orchestrator's frames ----------------------------------------
+
+
+@pytest.mark.anyio
+async def test_at_most_64_models_are_set_up_at_once() -> None:
+    """200 models on a host that holds each Setup 0.3 s: they all get set up, never more than
+    64 Setups at once (the host counts them across its connections), and not one by one."""
+    with hostile("slow-setup") as port:
+        async with address_client(models_at(port, 200), setup_timeout=20) as client:
+            await client.wait_for_models(200, timeout=60)
+            most = (await client.call("predict", models=["m0"]))["m0"].output
+    assert 16 <= most <= 64, most  # README: "At most 64 models are set up at once"
+
+
+class _Recorder:
+    """A ModelRegistry that notes, for each entry applied, how far a concurrent task got."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.seen: list[int] = []
+
+    def upsert(self, endpoint: ModelEndpoint) -> None:
+        self.seen.append(self.steps)
+
+    def remove(self, model_id: str, reason: str, *, deployment_id: str | None = None) -> None:
+        self.seen.append(self.steps)
+
+    def model_ids(self) -> set[str]:
+        return set()
+
+    def deployment_of(self, model_id: str) -> str | None:
+        return None
+
+    def listed(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_large_frames_are_applied_in_slices_of_200_entries() -> None:
+    """An update of 1,000 entries is applied 200 at a time, and other tasks (ticks, probes) run
+    between slices."""
+    frame = json.dumps({"event": "update", "data": [
+        {"model_id": f"m{i}", "deployment_id": "d", "state": "RUNNING" if i % 3 else "STOPPED",
+         "ip": "10.0.0.1", "port": 50051, "infos": {}} for i in range(1000)]})
+    recorder = _Recorder()
+
+    async def other_task() -> None:
+        while True:
+            recorder.steps += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(other_task)
+        await anyio.lowlevel.checkpoint()
+        await OrchestratorLink("crunch", "127.0.0.1", 1).handle(frame, recorder)
+        group.cancel_scope.cancel()
+    assert len(recorder.seen) == 1000
+    slices = [len(list(entries)) for _, entries in itertools.groupby(recorder.seen)]
+    assert slices == [200] * 5, slices
 
 
 # --- the host ---------------------------------------------------------------------------------

@@ -18,12 +18,12 @@ from model_runner.wire import DynamicSubclassServiceStub
 from model_runner_client import (
     CallStatus,
     FailureReport,
-    ModelEndpoint,
     ModelRunnerClient,
     client_tls_context,
 )
 from tests.certs import Pki, make_pki
-from tests.hosts import BASE, SUBMISSIONS, HostProcess, host_env, reported, setup
+from tests.clients import address_client, endpoint
+from tests.hosts import SUBMISSIONS, HostProcess, host_env, reported, setup
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
@@ -39,9 +39,7 @@ def stranger(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def client(host: HostProcess, **options: object) -> ModelRunnerClient:
-    return ModelRunnerClient.from_addresses([ModelEndpoint("m", "127.0.0.1", host.port, "d")],
-                                            base_classname=BASE, timeout=5.0,
-                                            connect_attempts=2, **options)  # type: ignore[arg-type]
+    return address_client([endpoint(host, "m")], timeout=5.0, connect_attempts=2, **options)
 
 
 async def test_tls(pki: Pki, stranger: Pki, caplog: pytest.LogCaptureFixture) -> None:

@@ -282,6 +282,7 @@ async def test_per_name_state_is_bounded_and_failures_are_logged_once(
             await service.call(Request(methodName="first", methodArguments=[one],
                                        methodKwArguments=[KwArgument(keyword=f"k{i}",
                                                                      data=variant(i))]), None)
+        # Internals, on purpose: the bound on the service's own caches is what is tested.
         assert len(service._methods) <= METHODS_REMEMBERED
         assert len(service._dropped_logged) <= METHODS_REMEMBERED
         assert len(service._failures_logged) <= METHODS_REMEMBERED
