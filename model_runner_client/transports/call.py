@@ -95,6 +95,13 @@ class Call:
             self.future.set_exception(error)
             self.future.exception()  # retrieved: an abandoned call's error is nobody's news
 
+    def abandon(self) -> None:
+        """The caller gives up (the deadline): stop sending and fail the call. The transport
+        resets the stream itself (`Transport.abandon`)."""
+        if self.sender is not None:
+            self.sender.cancel()
+        self.fail(TimeoutError("abandoned"))
+
 
 def grpc_status(headers: Headers, trailers: Headers | None) -> tuple[GrpcStatus, str]:
     """A call's gRPC status: the trailers' grpc-status, else the headers' (a trailers-only

@@ -244,11 +244,9 @@ class GrpclibTransport:
 
     def abandon(self, call: _GrpclibCall) -> None:
         """The caller gives up (the deadline): RST_STREAM CANCEL, and the stream is forgotten."""
-        if call.sender is not None:
-            call.sender.cancel()
         if call.processor is not None and call.stream is not None:
             call.processor.fail(call.stream.id, TimeoutError("abandoned"))
-        call.fail(TimeoutError("abandoned"))
+        call.abandon()
 
     async def _send(self, call: _GrpclibCall, path: str, message: bytes,
                     deadline: float | None) -> None:

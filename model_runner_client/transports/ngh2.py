@@ -308,11 +308,9 @@ class Ngh2Transport:
 
     def abandon(self, call: _Call) -> None:
         """The caller gives up (the deadline): RST_STREAM CANCEL, and the stream is forgotten."""
-        if call.sender is not None:
-            call.sender.cancel()
         if call.connection is not None:
             call.connection.cancel(call.stream_id)
-        call.fail(TimeoutError("abandoned"))
+        call.abandon()
 
     async def _connect_then_open(self, call: _Call, path: str, message: bytes,
                                  deadline: float | None) -> None:
