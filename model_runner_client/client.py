@@ -34,9 +34,10 @@ from .metrics import Metrics
 from .model_set import Slot, UnknownModelError
 from .models import ModelEndpoint
 from .orchestrator import OrchestratorLink
+from .outcomes import Kind, Outcome
 from .registry import Registry
 from .reports import Reports
-from .results import CallResult, CallResults, CallStatus
+from .results import CallResult, CallResults
 from .security import GatewayCredentials, SecureCredentials
 from .sources import ModelSource, StaticModels
 from .supervision import Checks
@@ -460,48 +461,47 @@ class ModelRunnerClient:
                 payloads.append(shared if shared is not None or isinstance(request, bytes)
                                 else frame(request(slot.endpoint)))
 
-        results: list[CallResult[Any] | None] = [None] * len(targets)
-        kinds = [""] * len(targets)  # how each ended, for the metrics
+        # Every target ends as one Outcome (outcomes.py), called or not.
+        endpoints: list[ModelEndpoint] = []
+        outcomes: list[Outcome | None] = []
         jobs: list[Job] = []
         sent: list[tuple[int, Slot]] = []
         for index, ((model_id, slot), payload) in enumerate(zip(targets, payloads, strict=True)):
+            outcome: Outcome | None = None
             if slot is None:
                 # Departed long ago, its metadata may be forgotten (the memory is bounded).
-                departed = (self._models.departed.get(model_id)
-                            or ModelEndpoint(model_id, "", 0))
-                results[index] = CallResult.make(departed, CallStatus.FAILURE,
-                                                 detail="not called: the model has left")
-                kinds[index] = "left"
-            elif not slot.callable:
-                results[index] = CallResult.make(
-                    slot.endpoint, CallStatus.TIMEOUT,
-                    detail="not called: the model is still being set up")
-                kinds[index] = "setting up"
-            elif slot.streaks.take_skip():
-                results[index] = CallResult.make(
-                    slot.endpoint, CallStatus.TIMEOUT,
-                    detail="skipped while cooling down after "
-                           + _count(slot.streaks.timeouts, "timeout") + " in a row")
-                kinds[index] = "skipped"
+                endpoints.append(self._models.departed.get(model_id)
+                                 or ModelEndpoint(model_id, "", 0))
+                outcome = Outcome(Kind.LEFT, detail="not called: the model has left")
             else:
-                assert payload is not None
-                jobs.append(Job(slot.connection, payload))
-                sent.append((index, slot))
+                endpoints.append(slot.endpoint)
+                if not slot.callable:
+                    outcome = Outcome(Kind.SETTING_UP,
+                                      detail="not called: the model is still being set up")
+                elif slot.streaks.take_skip():
+                    outcome = Outcome(Kind.SKIPPED, detail="skipped while cooling down after "
+                                      + _count(slot.streaks.timeouts, "timeout") + " in a row")
+                else:
+                    assert payload is not None
+                    jobs.append(Job(slot.connection, payload))
+                    sent.append((index, slot))
+            outcomes.append(outcome)
 
-        outcomes = await self._fanout.run(jobs, deadline, decoder) if jobs else []
-        outcomes, blame, mistake = attribute(method, outcomes)
+        answers = await self._fanout.run(jobs, deadline, decoder) if jobs else []
+        answers, blame, mistake = attribute(method, answers)
         if mistake is not None and not self._closed:  # (closing ends every call: no news)
             self._log_mistake(mistake)
-        for (index, slot), outcome in zip(sent, outcomes, strict=True):
-            results[index] = CallResult.make(slot.endpoint, outcome.status, outcome.output,
-                                             outcome.latency_us, outcome.detail)
-            kinds[index] = outcome.kind.value
+        for (index, slot), outcome in zip(sent, answers, strict=True):
+            outcomes[index] = outcome
             if blame:
                 self._registry.apply_policy(slot, method, outcome)
-        called = CallResults([r for r in results if r is not None])
+        ended = [outcome for outcome in outcomes if outcome is not None]
+        called = CallResults([CallResult.make(endpoint, o.status, o.output, o.latency_us,
+                                              o.detail)
+                              for endpoint, o in zip(endpoints, ended, strict=True)])
         if self._metrics is not None:
             self._metrics.tick(method, time.monotonic() - started, called,
-                               [k for k, r in zip(kinds, results, strict=True) if r is not None])
+                               [o.kind.value for o in ended])
         return called
 
     def _log_mistake(self, mistake: Mistake) -> None:

@@ -46,6 +46,12 @@ class Kind(Enum):
     UNREACHABLE = "unreachable"
     #: Not sent: the bound on calls in flight held it until the deadline.
     NOT_SENT = "not sent"
+    #: Not called: skipped while cooling down after timeouts (policy.py).
+    SKIPPED = "skipped"
+    #: Not called: the model is still connecting or being set up.
+    SETTING_UP = "setting up"
+    #: Not called: the model has left.
+    LEFT = "left"
     #: The host refused our credentials (token, certificate): the coordinator's configuration.
     REFUSED = "refused"
     #: The host failed the identity check of the security mode: it is not the cruncher's.
@@ -69,7 +75,9 @@ _STATUS_OF = {Kind.SUCCESS: CallStatus.SUCCESS, Kind.MODEL_FAILURE: CallStatus.F
               Kind.UNTRUSTED: CallStatus.FAILURE, Kind.MISSING_METHOD: CallStatus.FAILURE,
               Kind.COORDINATOR: CallStatus.FAILURE, Kind.CLIENT_BUG: CallStatus.FAILURE,
               Kind.MISSING_BASE_CLASS: CallStatus.FAILURE, Kind.TIMEOUT: CallStatus.TIMEOUT,
-              Kind.UNREACHABLE: CallStatus.TIMEOUT, Kind.NOT_SENT: CallStatus.TIMEOUT}
+              Kind.UNREACHABLE: CallStatus.TIMEOUT, Kind.NOT_SENT: CallStatus.TIMEOUT,
+              Kind.SKIPPED: CallStatus.TIMEOUT, Kind.SETTING_UP: CallStatus.TIMEOUT,
+              Kind.LEFT: CallStatus.FAILURE}
 
 
 class Outcome(NamedTuple):

@@ -37,8 +37,10 @@ SETUP_ANSWERS = {
     "unreachable": Outcome(Kind.UNREACHABLE, detail="unreachable: refused"),
     "untrusted": Outcome(Kind.UNTRUSTED, detail="the host failed the identity check"),
 }
-#: What a call can end with (MISSING_BASE_CLASS is Setup's alone).
-CALL_KINDS = [kind for kind in Kind if kind is not Kind.MISSING_BASE_CLASS]
+#: What a call sent to a model can end with (MISSING_BASE_CLASS is Setup's alone; the client
+#: makes up the others for models it does not call).
+CALL_KINDS = [kind for kind in Kind if kind not in (
+    Kind.MISSING_BASE_CLASS, Kind.SKIPPED, Kind.SETTING_UP, Kind.LEFT)]
 FAILURES = {Kind.MODEL_FAILURE, Kind.MISSING_METHOD}
 NOT_ANSWERED = {Kind.TIMEOUT, Kind.UNREACHABLE, Kind.NEEDS_SETUP}
 
