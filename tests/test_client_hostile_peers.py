@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from grpclib.health.v1.health_pb2 import HealthCheckResponse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,11 +145,15 @@ async def test_an_answer_longer_than_its_message_is_refused() -> None:
         server.close()
 
 
-class _UnreadableHealth:
-    """A host that sets up and answers calls (slowly when asked), but whose health answers do
-    not parse."""
+NOT_SERVING = HealthCheckResponse(status=HealthCheckResponse.NOT_SERVING).SerializeToString()
 
-    def __init__(self) -> None:
+
+class _OddHealth:
+    """A host that sets up and answers calls (slowly when asked), but whose health answers are
+    `health_answer` (bytes that do not parse, or NOT_SERVING)."""
+
+    def __init__(self, health_answer: bytes) -> None:
+        self.health_answer = health_answer
         self.setups = 0
         self.slow_calls = 2  # the first two calls time out: each asks for a probe
 
@@ -178,16 +183,21 @@ class _UnreadableHealth:
 
     async def health(self, stream: Any) -> None:
         await stream.recv_message()
-        await stream.send_message(b"\xff\xff\xff\xff")  # not a HealthCheckResponse
+        await stream.send_message(self.health_answer)
 
 
-async def test_a_health_answer_that_does_not_parse_is_handled_by_the_supervisor() -> None:
-    """It escaped the slot's supervisor: the model stayed CHECKING, never probed or set up
-    again. Now the probe's failure reconnects and sets up again, after every timeout."""
+@pytest.mark.parametrize("health_answer", [b"\xff\xff\xff\xff", NOT_SERVING],
+                         ids=["unparsable", "NOT_SERVING"])
+async def test_a_probe_that_finds_the_host_not_serving_sets_it_up_again(
+        health_answer: bytes) -> None:
+    """A health answer that does not parse escaped the slot's supervisor: the model stayed
+    CHECKING, never probed or set up again. Now a probe that gets no usable answer reconnects,
+    and one that finds the model service not SERVING (or no answer) sets the model up again,
+    after every timeout (README "Failure policy")."""
     from grpclib.server import Server
 
     from model_runner.wire.codec import PassthroughCodec
-    odd = _UnreadableHealth()
+    odd = _OddHealth(health_answer)
     server = Server([odd], codec=PassthroughCodec())
     await server.start("127.0.0.1", 0)
     # grpclib's Server does not say the port it bound to port 0.
