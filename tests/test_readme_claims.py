@@ -19,12 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from model_runner.wire import DynamicSubclassServiceStub
+from model_runner.wire import DynamicSubclassServiceStub, StatusCode
 from model_runner_client import ModelEndpoint, OrchestratorLink
 from model_runner_client.orchestrator import backoff_delay
 from model_runner_client.policy import Streaks
 from tests.clients import address_client, hostile, models_at
-from tests.hosts import HostProcess, ok, setup
+from tests.hosts import HostProcess, call, ok, setup
 
 # --- the failure policy, as a state machine -------------------------------------------------
 
@@ -197,6 +197,26 @@ async def test_def_methods_run_on_one_thread_per_model(toolbox_host: HostProcess
         loop_thread = tuple(await ok(stub, "async_thread"))
     assert len(threads) == 1  # always the same thread
     assert threads != {loop_thread}  # and not the event loop's
+
+
+@pytest.mark.anyio
+async def test_requests_hold_at_most_1024_arguments_and_256_character_keywords(
+        toolbox_host: HostProcess) -> None:
+    """README "Requests": 1,024 positional and 1,024 keyword arguments are taken, one more is
+    INVALID_ARGUMENT; a keyword of 256 characters is taken, one of 257 is not."""
+    async with toolbox_host.channel() as channel:
+        stub = DynamicSubclassServiceStub(channel)
+        await setup(stub)
+        assert len((await ok(stub, "echo", *range(1024)))["args"]) == 1024
+        echoed = await ok(stub, "echo", **{f"k{i}": i for i in range(1024)})
+        assert len(echoed["kwargs"]) == 1024
+        assert (await ok(stub, "echo", **{"k" * 256: 1}))["kwargs"] == {"k" * 256: 1}
+        for too_many in ({"args": range(1025)}, {"kwargs": {f"k{i}": i for i in range(1025)}},
+                         {"kwargs": {"k" * 257: 1}}):
+            code, message, _ = await call(stub, "echo", *too_many.get("args", ()),
+                                          **dict(too_many.get("kwargs", {})))
+            assert code == StatusCode.INVALID_ARGUMENT, (code, message)
+            assert "at most" in message, message
 
 
 # --- the deployed security modes --------------------------------------------------------------
