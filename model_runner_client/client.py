@@ -1,7 +1,8 @@
 """`ModelRunnerClient`: a live set of models, set up as they join, called all at once.
 
-The client owns one anyio task group for its background work (model setups, health probes,
-failure reports, the model source); leaving `async with` (or `close()`) cancels it and closes
+The client owns one anyio task group for its background work: the dispatcher of events and
+failure reports, and the registry's `run` (the model source, and every model's supervisor in a
+task group of its own: registry.py). Leaving `async with` (or `close()`) cancels it and closes
 every connection, so no task or socket outlives the client.
 """
 
