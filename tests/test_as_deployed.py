@@ -81,14 +81,12 @@ async def test_explicit_addresses_stay_as_given(address: str, reached: str, not_
 # --- the deployed secure mode ----------------------------------------------------------------
 
 
-
 @pytest.fixture(scope="module")
 def secure_host(deployment: Deployment) -> Iterator[HostProcess]:
     """Started with the orchestrator's environment alone: no flag but the code directory."""
     host = HostProcess(GOOD, env=deployment.environment(), host=None).start()
     yield host
     host.stop()
-
 
 
 async def tick(port: int, credentials: SecureCredentials) -> tuple[list[Any], list[FailureReport]]:

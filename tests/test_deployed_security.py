@@ -115,7 +115,6 @@ async def headers_host(pki: Pki) -> AsyncIterator[tuple[ModelHost, _Headers]]:
     sys.path.remove(str(EXAMPLES))
 
 
-
 async def connect(port: int, credentials: SecureCredentials, infos: dict[str, Any]) -> tuple[
     list[str], list[FailureReport], Any
 ]:

@@ -28,7 +28,6 @@ COORDINATOR = Path(__file__).parent / "install" / "old_api_coordinator.py"
 OLD_CLIENT = "model-runner-client==0.14.0"
 
 
-
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A coordinator's venv with the grpcio-based client installed."""
@@ -66,7 +65,6 @@ async def coordinate(venv: Path, port: int, crunch_id: str, ticks: int,
     assert result.returncode == 0, out + err[-3000:]
     statuses: list[list[str]] = json.loads(out.strip().splitlines()[-1])["statuses"]
     return statuses, err[-3000:]
-
 
 
 @pytest.fixture(scope="module")

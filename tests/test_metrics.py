@@ -13,7 +13,6 @@ from tests.hosts import HostProcess, until
 pytestmark = pytest.mark.anyio
 
 
-
 def value(text: str, series: str) -> float:
     for line in text.splitlines():
         if line.startswith(series + " "):
