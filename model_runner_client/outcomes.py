@@ -15,10 +15,10 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.health.v1.health_pb2 import HealthCheckResponse
 from h2.exceptions import ProtocolError as H2ProtocolError
 
-from model_runner.wire import MissingExtra, SetupResponse, StatusCode, VariantError
+from model_runner.wire import MissingExtra, StatusCode, VariantError
 from model_runner.wire.codes import names_missing_method, names_unimportable_base
 from model_runner.wire.errors import describe
-from model_runner.wire.lean import parse_call_response
+from model_runner.wire.lean import parse_call_response, parse_setup_response
 from model_runner.wire.variant import check_value
 
 from .encoding import ResultDecoder
@@ -189,10 +189,9 @@ def _from_grpc_error(latency: int, exc: GRPCError) -> Outcome:
 def read_setup_answer(raw: bytes) -> Outcome:
     """The outcome of a Setup answer (a SetupResponse; older hosts send no Status on success)."""
     try:
-        status = SetupResponse.parse(raw).status
-    except Exception as exc:  # whatever the parser makes of a host's bytes is the host's
-        return Outcome(Kind.MODEL_FAILURE, detail=f"unreadable Setup answer: {describe(exc)}")
-    code, message = (status.code, status.message) if status is not None else ("", "")
+        code, message = parse_setup_response(raw)
+    except ValueError as exc:
+        return Outcome(Kind.MODEL_FAILURE, detail=f"unreadable Setup answer: {exc}")
     if code in (StatusCode.SUCCESS, ""):
         return Outcome(Kind.SUCCESS)
     detail = f"Setup answered {code}: {message}"

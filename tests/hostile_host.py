@@ -15,6 +15,8 @@ Setup and health are answered as a host would; Call behaves by MODE:
 - `bad-utf8-message`: grpc-status 13 with a grpc-message that is not UTF-8.
 - `ping-flood`: answers, then floods PINGs and reads nothing more.
 - `trickle`: answers in one-byte DATA frames, slowly, never finishing (a loop hog).
+- `heavy-setup`: answers Setup with ~4 MiB (under the client's limit) of one status field
+  repeated: betterproto2 took 4.5 s of the client's loop to parse it, protobuf 14 ms.
 - `slow-setup`: holds every Setup for SLOW_SETUP seconds; Call answers with the most Setups
   it has held at once, across all its connections.
 """
@@ -43,6 +45,8 @@ SETUP = framed(bytes(SetupResponse(status=Status(code="SUCCESS"))))
 HEALTH = framed(HealthCheckResponse(status=HealthCheckResponse.SERVING).SerializeToString())
 OK_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 SLOW_SETUP = 0.3
+#: The status field { code: "SUCCESS" } repeated to ~4 MiB: a valid SetupResponse.
+HEAVY_SETUP = framed(b"\x0a\x09\x0a\x07SUCCESS" * (4 * 1024 * 1024 // 11 - 1))
 
 
 class SetupCount:
@@ -97,10 +101,14 @@ class Host(asyncio.Protocol):
         ok = [(b"grpc-status", b"0")]
         if path.endswith(b"/Setup") and self.mode == "slow-setup":
             self.spawn(self.slow_setup(stream_id))
+        elif path.endswith(b"/Setup") and self.mode == "heavy-setup":
+            self.spawn(self.send_within_windows(stream_id, HEAVY_SETUP))
         elif path.endswith(b"/Setup"):
             self.send(stream_id, SETUP, ok)
         elif path.endswith(b"/Check"):
             self.send(stream_id, HEALTH, ok)
+        elif self.mode == "heavy-setup":
+            self.send(stream_id, ANSWER, ok)
         elif self.mode in ("goaway-each", "answer-then-goaway"):
             self.send(stream_id, ANSWER, ok)
             if self.mode == "goaway-each":
@@ -151,6 +159,24 @@ class Host(asyncio.Protocol):
                 return
             self.transport.write(frame * 1000)
             await asyncio.sleep(0)
+
+    async def send_within_windows(self, stream_id: int, body: bytes) -> None:
+        """Send a large answer as the client's flow-control windows allow."""
+        self.h2.send_headers(stream_id, OK_HEADERS)
+        sent = 0
+        while sent < len(body):
+            if self.transport is None or self.transport.is_closing():
+                return
+            room = min(self.h2.local_flow_control_window(stream_id),
+                       self.h2.max_outbound_frame_size, len(body) - sent)
+            if room <= 0:
+                await asyncio.sleep(0.001)  # until the client's WINDOW_UPDATE
+                continue
+            self.h2.send_data(stream_id, body[sent:sent + room])
+            sent += room
+            self.flush()
+        self.h2.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
+        self.flush()
 
     async def slow_setup(self, stream_id: int) -> None:
         SetupCount.now += 1

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 
 from benchmarks._common import start_script
@@ -107,3 +109,25 @@ async def test_hosts_trickling_bytes_cost_honest_models_nothing(transport: str) 
                     assert all(r.ok for r in honest), [r.detail for r in honest if not r.ok]
     finally:
         server.kill()
+
+
+async def test_a_heavy_setup_answer_does_not_hold_the_loop() -> None:
+    """A Setup answered with ~4 MiB of one field repeated (valid, under the 4 MiB limit) held the
+    client's loop 4.5 s in betterproto2's parser, and every tick with it; protobuf's C parser
+    reads it in ~14 ms."""
+    with hostile("heavy-setup") as port:
+        client = address_client(models_at(port, 2))
+        gaps: list[float] = []
+
+        async def watch_loop() -> None:
+            while True:
+                before = time.monotonic()
+                await anyio.sleep(0.01)
+                gaps.append(time.monotonic() - before)
+
+        async with client, anyio.create_task_group() as group:
+            group.start_soon(watch_loop)
+            await client.wait_for_models(2, timeout=30)
+            assert all(r.ok for r in await client.call("predict"))
+            group.cancel_scope.cancel()
+    assert max(gaps) < 1.0, max(gaps)  # generous: the transfer itself, read in chunks

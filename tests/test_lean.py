@@ -1,4 +1,4 @@
-"""The lean CallResponse reader agrees with betterproto2 and protobuf on every message."""
+"""The lean CallResponse and SetupResponse readers agree with betterproto2 on every message."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model_runner.wire import CallResponse, Status, Variant
-from model_runner.wire.lean import parse_call_response
+from model_runner.wire import CallResponse, SetupResponse, Status, Variant
+from model_runner.wire.lean import parse_call_response, parse_setup_response
 
 variants = st.builds(Variant, type=st.integers(0, 6), value=st.binary(max_size=40))
 responses = st.builds(
@@ -54,3 +54,23 @@ def test_truncated_message() -> None:
         type=1, value=b"\x00" * 8)))
     with pytest.raises(ValueError):
         parse_call_response(data[:-3])
+
+
+statuses = st.none() | st.builds(Status, code=st.text(max_size=12), message=st.text(max_size=30))
+
+
+@given(statuses)
+def test_setup_response_agrees_with_betterproto2(status: Status | None) -> None:
+    expected = status or Status()
+    assert parse_setup_response(bytes(SetupResponse(status=status))) == (expected.code,
+                                                                           expected.message)
+
+
+@given(st.binary(max_size=64))
+def test_setup_garbage_raises_value_error_or_parses(data: bytes) -> None:
+    try:
+        code, message = parse_setup_response(data)
+    except ValueError as exc:
+        assert "not a SetupResponse" in str(exc)
+    else:
+        assert isinstance(code, str) and isinstance(message, str)

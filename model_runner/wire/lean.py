@@ -1,4 +1,5 @@
-"""A minimal reader for `CallResponse` bytes, for the client's hot path.
+"""Minimal readers for the answers a client reads from hosts: `CallResponse` (the hot path)
+and `SetupResponse`, with protobuf's C parser, which stays linear on hostile bytes.
 
 A fan-out to 1,000 models reads 1,000 answers per tick, so the client reads the four fields it
 needs with protobuf's C parser (upb): 1.1 µs per small answer here, against 5.2 µs for the
@@ -12,9 +13,9 @@ from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from .pb2.dynamic_subclass_pb2 import CallResponse
+from .pb2.dynamic_subclass_pb2 import CallResponse, SetupResponse
 
-__all__ = ["LeanCallResponse", "parse_call_response"]
+__all__ = ["LeanCallResponse", "parse_call_response", "parse_setup_response"]
 
 
 class LeanCallResponse(NamedTuple):
@@ -36,3 +37,13 @@ def parse_call_response(data: bytes) -> LeanCallResponse:
         return LeanCallResponse(status.code, status.message, None, b"")
     variant = answer.methodResponse
     return LeanCallResponse(status.code, status.message, int(variant.type), variant.value)
+
+
+def parse_setup_response(data: bytes) -> tuple[str, str]:
+    """Read a SetupResponse: its status (code, message), ("", "") when it has none (how older
+    hosts answer success); raises ValueError for bytes that are not one."""
+    try:
+        answer = SetupResponse.FromString(data)
+    except DecodeError as exc:
+        raise ValueError(f"not a SetupResponse: {exc}") from None
+    return answer.status.code, answer.status.message
