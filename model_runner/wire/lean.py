@@ -1,5 +1,6 @@
 """Minimal readers for the answers a client reads from hosts: `CallResponse` (the hot path)
-and `SetupResponse`, with protobuf's C parser, which stays linear on hostile bytes.
+and `SetupResponse`, with protobuf's C parser (a 4 MiB Setup answer of one field repeated:
+14 ms, against 4.5 s in betterproto2, on the client's loop).
 
 A fan-out to 1,000 models reads 1,000 answers per tick, so the client reads the four fields it
 needs with protobuf's C parser (upb): 1.1 µs per small answer here, against 5.2 µs for the
