@@ -201,9 +201,11 @@ class Registry:
             if slot.state is SlotState.SETTING_UP:
                 self._ready(slot)
         elif kind is Kind.MISSING_BASE_CLASS:
-            reported = self.reports.base_class_missing(endpoint, detail)
-            self._drop(slot, detail if reported else
-                       f"not counted: no host could import the base class: {detail}")
+            if self.reports.base_class_imported:  # other hosts can: the submission's fault
+                self._drop(slot, detail, ReportCode.BAD_IMPLEMENTATION)
+            else:  # none can yet: likely base_classname; reported if one can later
+                self.reports.hold_back(endpoint, detail)
+                self._drop(slot, f"not counted: no host could import the base class: {detail}")
         elif kind is Kind.MODEL_FAILURE:
             self._drop(slot, detail, ReportCode.BAD_IMPLEMENTATION)
         elif kind is Kind.UNTRUSTED:

@@ -55,12 +55,9 @@ class Reports:
         logger.warning("reporting %s as %s: %s", endpoint, code, reason)
         self._queue(FailureReport(endpoint, code, reason))
 
-    def base_class_missing(self, endpoint: ModelEndpoint, detail: str) -> bool:
-        """A host cannot import the base class. Returns True if that is reported at once (some
-        host imported it); otherwise it is held back, unreported, until one does."""
-        if self.base_class_imported:
-            self.report(endpoint, ReportCode.BAD_IMPLEMENTATION, detail)
-            return True
+    def hold_back(self, endpoint: ModelEndpoint, detail: str) -> None:
+        """A host cannot import the base class and none has yet: hold its report back until
+        one does (`base_class_found`)."""
         if not self._held_back:
             logger.error("no model host could import the base class so far: %s. Check "
                          "base_classname (the Crunch package's dotted path, e.g. "
@@ -68,7 +65,6 @@ class Reports:
                          detail)
         if len(self._held_back) < DEPARTED_KEPT:
             self._held_back[(endpoint.model_id, endpoint.deployment_id)] = (endpoint, detail)
-        return False
 
     def base_class_found(self) -> None:
         """A host imported the base class: those that could not are the submissions' fault."""
