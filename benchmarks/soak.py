@@ -37,6 +37,11 @@ def sample(pid: int, tasks: int | None = None) -> Sample:
     return Sample(rss / 1024, len(os.listdir(f"/proc/{pid}/fd")), tasks)
 
 
+def on_current_hosts(orchestrator: LocalOrchestrator, client: ModelRunnerClient) -> bool:
+    """Whether the client's ready models are the orchestrator's current hosts, one for one."""
+    return {model.model_id: model.port for model in client.models} == orchestrator.ports()
+
+
 async def soak(models: int, duration: float, churn_every: int, timeout: float,
                seed: int = 1) -> dict[str, object]:
     rng = random.Random(seed)
@@ -76,10 +81,13 @@ async def soak(models: int, duration: float, churn_every: int, timeout: float,
             while time.monotonic() < deadline:
                 await ticks(20)
             await asyncio.gather(*churn)
-            # Let restarts and redeploys settle before measuring: every model back and ready.
+            # Let restarts and redeploys settle before measuring: every host back (a kill makes
+            # its model wait for the restart) and the client on exactly the orchestrator's
+            # current hosts, which it may learn of a few frames after wait_running() returns.
             await orchestrator.wait_running(timeout=120)
-            await client.wait_for_models(models, timeout=120)
-            await asyncio.sleep(0.5)
+            async with asyncio.timeout(120):
+                while not on_current_hosts(orchestrator, client):  # noqa: ASYNC110 - two processes, no shared event
+                    await asyncio.sleep(0.05)
             for _ in range(20):
                 await client.call("predict", "BTC", 5)
             end = (sample(os.getpid(), len(asyncio.all_tasks())), sample(host_pid))

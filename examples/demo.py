@@ -125,7 +125,10 @@ async def run(options: argparse.Namespace, console: Console) -> int:
 
                 coordinator = Coordinator(client, interval=options.interval, on_tick=refresh)
                 board = await coordinator.run(options.ticks)
-            await anyio.sleep(0.2)  # let the last failure reports reach the orchestrator
+            # Let the last failure reports reach the orchestrator (a second at most).
+            with anyio.move_on_after(1.0):
+                while len(orchestrator.reports) < len(reports):  # noqa: ASYNC110 - another peer
+                    await anyio.sleep(0.02)
         stopped = sorted(r["model_id"] for r in orchestrator.reports)
 
     console.print("\n[bold]Summary[/]")

@@ -181,6 +181,11 @@ class LocalOrchestrator:
     def url(self) -> str:
         return f"ws://{self.listen_host}:{self.port}/{self.crunch_id}"
 
+    def ports(self) -> dict[str, int]:
+        """Each model's current host port (by model id), whatever its state."""
+        return {model_id: model.host.port for model_id, model in self.models.items()
+                if model.host is not None}
+
     async def wait_running(self, count: int | None = None, timeout: float = 60.0) -> None:
         """Wait until `count` models (default all) are RUNNING."""
         want = len(self.models) if count is None else count
@@ -368,10 +373,15 @@ class LocalOrchestrator:
             await old_host.stop_async()
 
     def kill(self, model_id: str) -> None:
-        """Kill a model's host process (it will be RECOVERING, then restarted)."""
-        host = self.models[model_id].host
-        if host is not None:
-            host.kill()
+        """Kill a model's host process (it will be RECOVERING, then restarted).
+
+        The model stops counting as RUNNING at once, so that `wait_running()` right after a kill
+        waits for the restart instead of racing the supervisor's next look at the process."""
+        model = self.models[model_id]
+        if model.host is not None:
+            model.host.kill()
+            if model.state == "RUNNING":
+                self._set_state(model, "RECOVERING")
 
 
 def load_config(path: Path) -> tuple[str, list[ModelSpec], list[Path]]:

@@ -14,7 +14,7 @@ import pytest
 
 from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec
 from model_runner_client import CallStatus, ModelRunnerClient
-from tests.hosts import BASE, EXAMPLES, SUBMISSIONS
+from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
@@ -48,8 +48,11 @@ async def test_no_call_fails_and_no_model_is_lost_under_churn(seed: int) -> None
                     else:
                         orchestrator.kill(victim)
             await asyncio.gather(*churn)
-            await orchestrator.wait_running(timeout=60)
-            await client.wait_for_models(7, timeout=60)  # every model back in the client
+            await orchestrator.wait_running(timeout=60)  # a killed model waits for its restart
+            # Every model back in the client, on its current host: the client may learn of the
+            # last restarts a few frames after wait_running() returns.
+            await until(lambda: {m.model_id: m.port for m in client.models}
+                        == orchestrator.ports(), timeout=60)
             assert (await client.call("predict", "BTC", 2)).counts()[CallStatus.SUCCESS] == 7
         # Internals, on purpose: every host process it ever spawned, replaced ones included.
         spawned = list(orchestrator._spawned)

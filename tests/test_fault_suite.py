@@ -71,7 +71,9 @@ async def test_a_third_of_100_models_faulty() -> None:
         orchestrator_reports = Counter(r["model_id"] for r in orchestrator.reports)
 
     # Ticks stay bounded by the timeout, whatever the faulty models do.
-    assert max(durations) < TIMEOUT + 0.5, durations
+    # (Generous margin on 2 busy cores; the sleeping faults answer only after 2 x TIMEOUT, so
+    # anything below that shows no tick waited for them.)
+    assert max(durations) < TIMEOUT + 0.9, durations
 
     # The good models are unaffected (good-0 was redeployed mid-run: clean statuses only).
     for i in range(1, GOOD):

@@ -39,11 +39,16 @@ async def test_hosts_join_recover_redeploy_and_stop_on_report(
             # A host that dies is RECOVERING, then restarted under the same deployment.
             old_port = orchestrator.models["tool"].host.port  # type: ignore[union-attr]
             orchestrator.kill("tool")
+            # Not RUNNING from the kill on, so wait_running() waits for the restart.
+            assert orchestrator.models["tool"].state == "RECOVERING"
+            assert orchestrator.ports()["tool"] == old_port
             await until(lambda: any(e.kind is EventKind.LEFT and e.model.model_id == "tool"
                                     for e in events), timeout=20)
             await until(lambda: "tool" in {m.model_id for m in client.models}, timeout=30)
             tool = next(m for m in client.models if m.model_id == "tool")
             assert tool.port != old_port and tool.deployment_id == "tool-d1"
+            await orchestrator.wait_running(timeout=30)
+            assert orchestrator.ports()["tool"] == tool.port
             assert (await client.call("first", 1, models=["tool"]))["tool"].ok
 
             # A redeploy: the new deployment's RUNNING comes before the old one's STOPPED.
