@@ -29,7 +29,7 @@ import anyio
 from .blame import Mistake, attribute
 from .connection import Connector
 from .encoding import ArgumentError, ResultDecoder, encode_call, encode_setup
-from .events import EventCallback, EventHub, FailureReport, ModelEvent, iterate
+from .events import EventCallback, EventHub, EventKind, FailureReport, ModelEvent, iterate
 from .fanout import Fanout, Job
 from .metrics import Metrics
 from .model_set import Slot, UnknownModelError
@@ -288,6 +288,9 @@ class ModelRunnerClient:
             if isinstance(notice, FailureReport):
                 await self._deliver_report(notice)
             else:
+                if (notice.kind is EventKind.LEFT and self._metrics is not None
+                        and notice.model.model_id not in self._models.slots):
+                    self._metrics.forget(notice.model.model_id)  # (not if already back)
                 await self._events.call_back(notice)
 
     async def _deliver_report(self, report: FailureReport) -> None:

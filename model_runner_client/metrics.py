@@ -39,6 +39,10 @@ class Metrics(Protocol):
     def report(self, code: str) -> None:
         """A model reported to the orchestrator."""
 
+    def forget(self, model_id: str) -> None:
+        """A model left (its LEFT event) and is no longer held: drop what is kept per model,
+        so that months of churn keep it bounded by the models held, not every model seen."""
+
 
 #: Latency buckets (seconds): models answer in a millisecond to tens of seconds.
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -47,7 +51,8 @@ _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class PrometheusMetrics:
     """`Metrics` as prometheus_client collectors in `registry` (default: the global one).
 
-    model_runner_client_call_latency_seconds{model_id, method}  histogram (answered calls)
+    model_runner_client_call_latency_seconds{model_id, method}  histogram (answered calls;
+                                                                removed when the model leaves)
     model_runner_client_calls_total{method, status, kind}       counter
     model_runner_client_reports_total{code}                     counter
     model_runner_client_tick_seconds{method}                    histogram
@@ -80,7 +85,8 @@ class PrometheusMetrics:
         self._models = prom.Gauge(f"{namespace}_models", "Models held, by state", ["state"],
                                   registry=registry)
         # Labelled children, looked up once each (prometheus_client's labels() cost ~5 µs a
-        # call); one per model and method, so bounded by the models held.
+        # call); one per model and method, removed by forget() when the model leaves, so
+        # bounded by the models held.
         self._latency_of: dict[tuple[str, str], Any] = {}
         self._calls_of: dict[tuple[str, str, str], Any] = {}
 
@@ -113,3 +119,8 @@ class PrometheusMetrics:
 
     def report(self, code: str) -> None:
         self._reports.labels(str(code)).inc()
+
+    def forget(self, model_id: str) -> None:
+        for key in [key for key in self._latency_of if key[0] == model_id]:
+            del self._latency_of[key]
+            self._latency.remove(*key)  # the series is no longer exported

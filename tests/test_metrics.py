@@ -32,9 +32,16 @@ async def test_a_running_client_exports_what_a_coordinator_watches(
         await client.wait_for_models(2, timeout=20)
         text = generate_latest(registry).decode()
         assert value(text, 'model_runner_client_models{state="ready"}') == 2
-        for _ in range(3):
+        await client.call("predict", "BTC", 1)
+        latency_of_raising = ('model_runner_client_call_latency_seconds_count{method="predict",'
+                              'model_id="raising"} 1.0')
+        assert latency_of_raising in generate_latest(registry).decode()  # failures have latency
+        for _ in range(2):
             await client.call("predict", "BTC", 1)
         await until(lambda: bool(reports))
+        # It left: its latency series is dropped (months of churn keep them bounded by the
+        # models held).
+        await until(lambda: 'model_id="raising"' not in generate_latest(registry).decode())
         text = generate_latest(registry).decode()
     prefix = "model_runner_client"
     assert value(text, f'{prefix}_calls_total{{kind="success",method="predict",'
