@@ -65,7 +65,7 @@ def variant_args(*args: Any, **kwargs: Any) -> tuple[list[Argument], list[KwArgu
             [KwArgument(keyword=k, data=encode_value(v)) for k, v in kwargs.items()])
 
 
-async def setup(stub: DynamicSubclassServiceStub, class_name: str = BASE, *args: Any,
+async def set_up(stub: DynamicSubclassServiceStub, class_name: str = BASE, *args: Any,
                 **kwargs: Any) -> tuple[str, str]:
     positional, keywords = variant_args(*args, **kwargs)
     response = await stub.setup(SetupRequest(class_name=class_name, instance_arguments=positional,

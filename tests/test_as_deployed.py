@@ -25,7 +25,7 @@ from model_runner.wire.auth import spki
 from model_runner_client import FailureReport, ModelEndpoint, ModelRunnerClient
 from model_runner_client.security.credentials import SecureCredentials
 from tests.deployment import CRUNCHER, HOTKEY, MODEL, Deployment, key_hash, wallet_address
-from tests.hosts import BASE, SUBMISSIONS, HostProcess, health, host_env, setup
+from tests.hosts import BASE, SUBMISSIONS, HostProcess, health, host_env, set_up
 
 pytestmark = pytest.mark.anyio
 
@@ -119,7 +119,7 @@ async def test_an_unlisted_coordinator_gets_unauthenticated_and_health_stays_ope
     context = deployment.coordinator(*deployment.stranger)
     async with Channel("127.0.0.1", secure_host.port, ssl=context) as channel:
         with pytest.raises(GRPCError) as refusal:
-            await setup(DynamicSubclassServiceStub(channel))
+            await set_up(DynamicSubclassServiceStub(channel))
     assert refusal.value.status is GrpcStatus.UNAUTHENTICATED
     assert key_hash(deployment.stranger[0]) in str(refusal.value.message)
     assert "COORDINATOR_CERT_HASH" in str(refusal.value.message)
@@ -129,7 +129,7 @@ async def test_an_unlisted_coordinator_gets_unauthenticated_and_health_stays_ope
     # The listed coordinator over the same path is answered.
     listed = deployment.coordinator(deployment.pki.client_cert, deployment.pki.client_key)
     async with Channel("127.0.0.1", secure_host.port, ssl=listed) as channel:
-        code, _ = await setup(DynamicSubclassServiceStub(channel))
+        code, _ = await set_up(DynamicSubclassServiceStub(channel))
     assert code == StatusCode.SUCCESS
 
 
@@ -225,7 +225,7 @@ async def test_secure_false_serves_plaintext_with_the_orchestrator_s_environment
     try:
         assert "in insecure mode over IPv4 and IPv6" in host.log
         async with Channel("127.0.0.1", host.port) as channel:
-            code, _ = await setup(DynamicSubclassServiceStub(channel))
+            code, _ = await set_up(DynamicSubclassServiceStub(channel))
         assert code == StatusCode.SUCCESS
     finally:
         host.stop()

@@ -186,7 +186,7 @@ async def test_host_serves_with_every_option_of_the_existing_runner(how: str) ->
     from grpclib.exceptions import GRPCError
 
     from model_runner.wire import DynamicSubclassServiceStub
-    from tests.hosts import HostProcess, call, setup
+    from tests.hosts import HostProcess, call, set_up
 
     args: list[str] = []
     env: dict[str, str] = {}
@@ -199,7 +199,7 @@ async def test_host_serves_with_every_option_of_the_existing_runner(how: str) ->
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            assert (await setup(stub))[0] == "SUCCESS"
+            assert (await set_up(stub))[0] == "SUCCESS"
             with pytest.raises(GRPCError) as refused:
                 await call(stub, "predict", "B" * 8000, 3)
             assert refused.value.status is GrpcStatus.RESOURCE_EXHAUSTED

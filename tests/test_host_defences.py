@@ -15,7 +15,7 @@ import pytest
 from h2.errors import ErrorCodes
 
 from tests import h2peer
-from tests.hosts import TEST_SUBMISSIONS, HostProcess, call, health, setup, until
+from tests.hosts import TEST_SUBMISSIONS, HostProcess, call, health, set_up, until
 
 pytestmark = pytest.mark.anyio
 
@@ -148,7 +148,7 @@ async def test_calls_without_a_deadline_get_the_host_s_maximum(loop_name: str) -
         from model_runner.wire import DynamicSubclassServiceStub
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            await setup(stub)
+            await set_up(stub)
             started = time.monotonic()
             with pytest.raises(GRPCError) as ended:
                 await call(stub, "async_sleep", 30.0, timeout=None)

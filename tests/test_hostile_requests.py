@@ -27,7 +27,7 @@ from model_runner.wire import (
     Variant,
 )
 from model_runner.wire.codec import PassthroughCodec
-from tests.hosts import HostProcess, setup
+from tests.hosts import HostProcess, set_up
 
 method_names = st.sampled_from(["echo", "first", "only_x", "predict", "tick", "fail", "big",
                                 "unencodable", "_secret", "__class__", "prop", "missing", ""]) \
@@ -70,7 +70,7 @@ def test_arbitrary_call_requests_get_a_status(toolbox_host: HostProcess,
     async def scenario() -> None:
         channel = Channel("127.0.0.1", toolbox_host.port, codec=PassthroughCodec())
         try:
-            await setup(DynamicSubclassServiceStub(channel))
+            await set_up(DynamicSubclassServiceStub(channel))
             for body in bodies:
                 try:
                     reply = CallResponse.parse(await send_raw(channel, body))
@@ -144,7 +144,7 @@ async def test_large_hostile_requests_are_cheap_and_never_block_health(
             await asyncio.sleep(0.01)
 
     try:
-        await setup(DynamicSubclassServiceStub(channel))
+        await set_up(DynamicSubclassServiceStub(channel))
         probing = asyncio.ensure_future(probe())
         started = time.monotonic()
         try:
@@ -170,7 +170,7 @@ async def test_invalid_utf8_arguments_are_invalid_argument(toolbox_host: HostPro
                                                            type_: int, value: bytes) -> None:
     channel = Channel("127.0.0.1", toolbox_host.port, codec=PassthroughCodec())
     try:
-        await setup(DynamicSubclassServiceStub(channel))
+        await set_up(DynamicSubclassServiceStub(channel))
         body = bytes(CallRequest(method_name="echo", method_arguments=[
             Argument(position=0, data=Variant(type=type_, value=value))]))
         reply = CallResponse.parse(await send_raw(channel, body))

@@ -22,7 +22,7 @@ from model_runner.wire import (
     VariantType,
     decode_variant,
 )
-from tests.hosts import HostProcess, ok, setup
+from tests.hosts import HostProcess, ok, set_up
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -34,7 +34,7 @@ async def check_healthy(host: HostProcess) -> None:
         reply = await HealthStub(channel).Check(HealthCheckRequest(), timeout=5)
         assert reply is not None and reply.status == HealthCheckResponse.SERVING
         stub = DynamicSubclassServiceStub(channel)
-        await setup(stub)
+        await set_up(stub)
         assert await ok(stub, "first", 42) == 42
     assert time.monotonic() - started < 5
     assert host.proc is not None and host.proc.poll() is None
@@ -86,7 +86,7 @@ def test_malformed_protocol_input(toolbox_host: HostProcess, data: bytes) -> Non
 async def test_deeply_nested_json_and_large_messages(toolbox_host: HostProcess) -> None:
     async with toolbox_host.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
-        await setup(stub)
+        await set_up(stub)
         nested = Variant(type=VariantType.JSON, value=b"[" * 200_000 + b"]" * 200_000)
         response = await stub.call(CallRequest(method_name="first", method_arguments=[
             Argument(position=0, data=nested)]), timeout=20)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from model_runner.wire import SERVICE_NAME, DynamicSubclassServiceStub, StatusCode
-from tests.hosts import TEST_SUBMISSIONS, HostProcess, call, setup, until
+from tests.hosts import TEST_SUBMISSIONS, HostProcess, call, set_up, until
 from tests.test_runtime import NOT_SERVING, SERVING, health
 
 pytestmark = pytest.mark.anyio
@@ -27,7 +27,7 @@ async def test_method_misbehaviour_is_model_failed(toolbox_host: HostProcess, me
                                                    needle: str) -> None:
     async with toolbox_host.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
-        await setup(stub)
+        await set_up(stub)
         code, message, _ = await call(stub, method)
         assert code == StatusCode.MODEL_FAILED
         assert needle in message, message
@@ -67,7 +67,7 @@ async def test_submission_misbehaviour_at_setup(tmp_path: Path, case: str) -> No
     host = HostProcess(tmp_path).start()
     try:
         async with host.channel() as channel:
-            code, message = await setup(DynamicSubclassServiceStub(channel))
+            code, message = await set_up(DynamicSubclassServiceStub(channel))
             assert code == expected_code
             assert needle in message, message
             assert await health(channel) == SERVING
@@ -86,14 +86,14 @@ async def test_rest_during_setup_leaves_no_instance(tmp_path: Path) -> None:
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            setting_up = asyncio.ensure_future(setup(stub))
+            setting_up = asyncio.ensure_future(set_up(stub))
             await until(lambda: (tmp_path / "constructing").exists())  # the constructor runs
             assert (await stub.rest()).status.code == StatusCode.SUCCESS  # type: ignore[union-attr]
             code, message = await setting_up
             assert code == StatusCode.FAILED_PRECONDITION and "Setup again" in message
             assert await health(channel, SERVICE_NAME) == NOT_SERVING
             assert (await call(stub, "predict", "BTC", 1))[0] == StatusCode.FAILED_PRECONDITION
-            assert (await setup(stub))[0] == StatusCode.SUCCESS  # and it can be set up again
+            assert (await set_up(stub))[0] == StatusCode.SUCCESS  # and it can be set up again
             assert await health(channel, SERVICE_NAME) == SERVING
     finally:
         host.stop()
@@ -104,7 +104,7 @@ async def test_sigterm_ends_a_host_whose_model_left_a_thread() -> None:
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            await setup(stub)
+            await set_up(stub)
             assert (await call(stub, "leave_thread"))[0] == StatusCode.SUCCESS
         host.signal(signal.SIGTERM)
         await until(lambda: host.proc is not None and host.proc.poll() is not None, timeout=20)

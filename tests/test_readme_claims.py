@@ -24,7 +24,7 @@ from model_runner_client import ModelEndpoint, OrchestratorLink
 from model_runner_client.orchestrator import backoff_delay
 from model_runner_client.policy import Streaks
 from tests.clients import address_client, hostile, models_at
-from tests.hosts import HostProcess, call, ok, setup
+from tests.hosts import HostProcess, call, ok, set_up
 
 # --- the failure policy, as a state machine -------------------------------------------------
 
@@ -190,7 +190,7 @@ async def test_large_frames_are_applied_in_slices_of_200_entries() -> None:
 async def test_def_methods_run_on_one_thread_per_model(toolbox_host: HostProcess) -> None:
     async with toolbox_host.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
-        await setup(stub)
+        await set_up(stub)
         threads = {tuple(await ok(stub, "thread")) for _ in range(5)}
         threads |= {tuple(t) for t in await asyncio.gather(*(ok(stub, "thread")
                                                              for _ in range(5)))}
@@ -206,7 +206,7 @@ async def test_requests_hold_at_most_1024_arguments_and_256_character_keywords(
     INVALID_ARGUMENT; a keyword of 256 characters is taken, one of 257 is not."""
     async with toolbox_host.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
-        await setup(stub)
+        await set_up(stub)
         assert len((await ok(stub, "echo", *range(1024)))["args"]) == 1024
         echoed = await ok(stub, "echo", **{f"k{i}": i for i in range(1024)})
         assert len(echoed["kwargs"]) == 1024

@@ -16,7 +16,7 @@ from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from model_runner.wire import SERVICE_NAME, DynamicSubclassServiceStub
-from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, call, ok, setup, until
+from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, call, ok, set_up, until
 
 pytestmark = pytest.mark.anyio
 
@@ -35,7 +35,7 @@ async def toolbox(toolbox_host: HostProcess) -> AsyncIterator[DynamicSubclassSer
     async with toolbox_host.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
         await stub.rest()
-        await setup(stub)
+        await set_up(stub)
         yield stub
 
 
@@ -104,7 +104,7 @@ async def test_async_model(toolbox: DynamicSubclassServiceStub) -> None:
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            await setup(stub)
+            await set_up(stub)
             await ok(stub, "tick", {"ETH": 3.5})
             assert await ok(stub, "predict", "ETH", 2) == [3.5, 3.5]
     finally:
@@ -124,7 +124,7 @@ async def test_health_of_the_model_service_follows_setup_and_rest(
             await stream.send_message(HealthCheckRequest(service=SERVICE_NAME), end=True)
             first = await stream.recv_message()
             assert first is not None and first.status == NOT_SERVING
-            await setup(stub)
+            await set_up(stub)
             assert await health(channel, SERVICE_NAME) == SERVING
             changed = await asyncio.wait_for(stream.recv_message(), 5)
             assert changed is not None and changed.status == SERVING
@@ -142,7 +142,7 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            await setup(stub)
+            await set_up(stub)
             mark = tmp_path / "running"
             in_flight = asyncio.ensure_future(call(stub, "sleep", 1.0, mark=str(mark)))
             await until(mark.exists)  # the call is in flight
@@ -169,7 +169,7 @@ async def test_grace_period_is_bounded() -> None:
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            await setup(stub)
+            await set_up(stub)
             stuck = asyncio.ensure_future(call(stub, "sleep", 30.0, timeout=None))
             await asyncio.sleep(0.3)  # time passes: the call is in flight
             started = time.monotonic()

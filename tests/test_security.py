@@ -23,7 +23,7 @@ from model_runner_client import (
 )
 from tests.certs import Pki, make_pki
 from tests.clients import address_client, endpoint
-from tests.hosts import SUBMISSIONS, HostProcess, host_env, reported, setup
+from tests.hosts import SUBMISSIONS, HostProcess, host_env, reported, set_up
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
@@ -91,13 +91,13 @@ async def test_bearer_token(caplog: pytest.LogCaptureFixture) -> None:
             assert reply is not None and reply.status == HealthCheckResponse.SERVING
             stub = DynamicSubclassServiceStub(channel)
             with pytest.raises(GRPCError) as missing:
-                await setup(stub)
+                await set_up(stub)
             assert missing.value.status is GrpcStatus.UNAUTHENTICATED
             assert "Bearer" in str(missing.value.message)
             stub = DynamicSubclassServiceStub(channel,
                                               metadata={"authorization": "Bearer wrong"})
             with pytest.raises(GRPCError) as wrong:
-                await setup(stub)
+                await set_up(stub)
             assert wrong.value.status is GrpcStatus.UNAUTHENTICATED
         reports: list[FailureReport] = []
         async with client(host, on_failure=reports.append) as no_token:

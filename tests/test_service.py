@@ -10,7 +10,7 @@ from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 
 from model_runner.wire import CallRequest, DynamicSubclassServiceStub, Empty
-from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, call, ok, setup
+from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, call, ok, set_up
 
 pytestmark = pytest.mark.anyio
 
@@ -21,7 +21,7 @@ async def toolbox(toolbox_host: HostProcess) -> AsyncIterator[DynamicSubclassSer
     async with toolbox_host.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
         await stub.rest()
-        assert (await setup(stub, "starter_challenge.tracker.TrackerBase", 1, "two",
+        assert (await set_up(stub, "starter_challenge.tracker.TrackerBase", 1, "two",
                             three=3.0))[0] == "SUCCESS"
         yield stub
 
@@ -45,7 +45,7 @@ async def test_setup_passes_instance_arguments(toolbox: DynamicSubclassServiceSt
 
 async def test_second_setup_is_a_noop(toolbox: DynamicSubclassServiceStub) -> None:
     await ok(toolbox, "tick", {})
-    code, message = await setup(toolbox, "starter_challenge.tracker.TrackerBase", "other")
+    code, message = await set_up(toolbox, "starter_challenge.tracker.TrackerBase", "other")
     assert code == "SUCCESS" and "already set up" in message
     assert await ok(toolbox, "init") == {"args": [1, "two"], "kwargs": {"three": 3.0}}
     assert (await ok(toolbox, "stats"))["calls"] == 1
@@ -53,14 +53,14 @@ async def test_second_setup_is_a_noop(toolbox: DynamicSubclassServiceStub) -> No
 
 async def test_empty_class_name_is_invalid(toolbox_host: HostProcess) -> None:
     async with toolbox_host.channel() as channel:
-        code, message = await setup(DynamicSubclassServiceStub(channel), "")
+        code, message = await set_up(DynamicSubclassServiceStub(channel), "")
     assert code == "INVALID_ARGUMENT" and "className" in message
 
 
 @pytest.mark.parametrize("host_for", [SUBMISSIONS / "no_subclass"], indirect=True)
 async def test_no_subclass_lists_considered_classes(host_for: HostProcess) -> None:
     async with host_for.channel() as channel:
-        code, message = await setup(DynamicSubclassServiceStub(channel))
+        code, message = await set_up(DynamicSubclassServiceStub(channel))
     assert code == "BAD_IMPLEMENTATION"
     assert "tracker.MyTracker" in message and "tracker.Helper" in message
     assert "starter_challenge.tracker.TrackerBase" in message
@@ -69,7 +69,7 @@ async def test_no_subclass_lists_considered_classes(host_for: HostProcess) -> No
 @pytest.mark.parametrize("host_for", [SUBMISSIONS / "import_error"], indirect=True)
 async def test_import_failure_is_listed(host_for: HostProcess) -> None:
     async with host_for.channel() as channel:
-        code, message = await setup(DynamicSubclassServiceStub(channel))
+        code, message = await set_up(DynamicSubclassServiceStub(channel))
     assert code == "BAD_IMPLEMENTATION"
     assert "failed to import" in message and "a_package_that_is_not_installed" in message
     assert "ModuleNotFoundError" in message
@@ -79,7 +79,7 @@ async def test_import_failure_is_listed(host_for: HostProcess) -> None:
 async def test_raising_constructor_is_setup_failed(host_for: HostProcess) -> None:
     async with host_for.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
-        code, message = await setup(stub)
+        code, message = await set_up(stub)
         assert code == "SETUP_FAILED"
         assert "RuntimeError" in message and "model.pt" in message
         # No instance was created: calls are refused, and the host keeps serving.
@@ -90,11 +90,11 @@ async def test_unimportable_base_class(toolbox_host: HostProcess) -> None:
     async with toolbox_host.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
         await stub.rest()
-        code, message = await setup(stub, "no_such_crunch.Base")
+        code, message = await set_up(stub, "no_such_crunch.Base")
         assert code == "BAD_IMPLEMENTATION" and "not importable" in message
-        code, message = await setup(stub, "starter_challenge.tracker.Missing")
+        code, message = await set_up(stub, "starter_challenge.tracker.Missing")
         assert code == "BAD_IMPLEMENTATION" and "Missing" in message
-        code, message = await setup(stub, "NoDots")
+        code, message = await set_up(stub, "NoDots")
         assert code == "BAD_IMPLEMENTATION" and "dotted path" in message
 
 
@@ -106,7 +106,7 @@ async def test_base_class_from_the_submission_folder(tmp_path: Path) -> None:
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            assert (await setup(stub, "base.Base"))[0] == "SUCCESS"
+            assert (await set_up(stub, "base.Base"))[0] == "SUCCESS"
             assert await ok(stub, "f") == "impl"
     finally:
         host.stop()
@@ -117,7 +117,7 @@ async def test_classes_from_the_base_package_are_never_picked(good_host: HostPro
     async with good_host.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
         await stub.rest()
-        await setup(stub)
+        await set_up(stub)
         await ok(stub, "tick", {"BTC": 5.0})
         assert await ok(stub, "predict", "BTC", 1) == [5.0]
 
@@ -221,7 +221,7 @@ async def test_message_size_limits(tmp_path: Path) -> None:
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            await setup(stub)
+            await set_up(stub)
             with pytest.raises(GRPCError) as refused:
                 await call(stub, "first", "y" * 20000)
             assert refused.value.status is GrpcStatus.RESOURCE_EXHAUSTED
@@ -240,7 +240,7 @@ async def test_rest_drops_the_instance_and_reimports(toolbox: DynamicSubclassSer
     response = await toolbox.rest(Empty())
     assert response.status is not None and response.status.code == "SUCCESS"
     assert (await call(toolbox, "init"))[0] == "FAILED_PRECONDITION"
-    assert (await setup(toolbox, "starter_challenge.tracker.TrackerBase", "fresh"))[0] == "SUCCESS"
+    assert (await set_up(toolbox, "starter_challenge.tracker.TrackerBase", "fresh"))[0] == "SUCCESS"
     assert await ok(toolbox, "init") == {"args": ["fresh"], "kwargs": {}}
     assert await ok(toolbox, "loaded_at") > loaded  # the module was imported afresh
 
