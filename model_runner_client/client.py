@@ -506,6 +506,12 @@ class ModelRunnerClient:
         if self._metrics is not None:
             self._metrics.tick(method, time.monotonic() - started, called,
                                [o.kind.value for o in ended])
+            # A model that left during this tick may have had its LEFT dispatched (and its
+            # series forgotten) before tick() recorded it again. (~0.4 ms at 10,000 models,
+            # against ~1 µs per model for the recording itself.)
+            for _, slot in sent:
+                if slot.gone and slot.endpoint.model_id not in self._models.slots:
+                    self._metrics.forget(slot.endpoint.model_id)
         return called
 
     def _log_mistake(self, mistake: Mistake) -> None:

@@ -1,5 +1,6 @@
 """The clients tests build, in one place: endpoints of hosts, a client over fixed addresses, a
-client of an orchestrator, and the hostile HTTP/2 host (tests/hostile_host.py) as a process.
+client of an orchestrator, a model source a test drives by hand, and the hostile HTTP/2 host
+(tests/hostile_host.py) as a process.
 
 Every factory starts from the same defaults (BASE, a 2 s timeout) and takes any keyword of
 ModelRunnerClient on top; the PKI lives in tests/certs.py and tests/deployment.py, the host
@@ -65,3 +66,20 @@ def hostile(mode: str) -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait()
+
+
+class ScriptedSource:
+    """A ModelSource a test drives by hand, through the registry the client gives it (the
+    hooks a source uses are not the coordinator's API)."""
+
+    problem = None
+
+    def __init__(self, endpoints: list[ModelEndpoint]) -> None:
+        self.endpoints = endpoints
+        self.registry: Any = None
+
+    async def run(self, registry: Any) -> None:
+        self.registry = registry
+        for model in self.endpoints:
+            registry.upsert(model)
+        registry.listed()

@@ -24,7 +24,7 @@ from model_runner_client import (
     UnknownModelError,
 )
 from tests import clients
-from tests.clients import address_client, free_port
+from tests.clients import ScriptedSource, address_client, free_port
 from tests.hosts import BASE, SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, reported, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
@@ -319,23 +319,6 @@ async def test_wait_for_models_times_out_with_a_clear_message() -> None:
 
 
 # --- events and closing ---
-
-class ScriptedSource:
-    """A ModelSource a test drives by hand, through the registry the client gives it (the
-    hooks a source uses are not the coordinator's API)."""
-
-    problem = None
-
-    def __init__(self, endpoints: list[ModelEndpoint]) -> None:
-        self.endpoints = endpoints
-        self.registry: Any = None
-
-    async def run(self, registry: Any) -> None:
-        self.registry = registry
-        for model in self.endpoints:
-            registry.upsert(model)
-        registry.listed()
-
 
 async def test_events_as_an_async_iterator(good_host: HostProcess) -> None:
     source = ScriptedSource([endpoint(good_host, "a"), endpoint(good_host, "b")])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from model_runner_client import FailureReport
+from model_runner_client import EventKind, FailureReport, ModelEvent, ModelRunnerClient
 from model_runner_client.metrics import PrometheusMetrics
-from tests.clients import address_client, endpoint
-from tests.hosts import HostProcess, until
+from tests.clients import ScriptedSource, address_client, endpoint
+from tests.hosts import BASE, TEST_SUBMISSIONS, HostProcess, until
 
 pytestmark = pytest.mark.anyio
 
@@ -53,3 +56,36 @@ async def test_a_running_client_exports_what_a_coordinator_watches(
     assert value(text, f'{prefix}_call_latency_seconds_count{{method="predict",'
                        'model_id="good"}') == 3
     assert value(text, f'{prefix}_models{{state="ready"}}') == 1  # raising was disconnected
+
+
+async def test_a_model_removed_during_a_tick_keeps_no_series(toolbox_host: HostProcess,
+                                                             tmp_path: Path) -> None:
+    """A model removed after it answered, while the tick waits for another: its LEFT is
+    dispatched before the tick records its latency, so the tick forgets it too (or its series
+    would stay for good)."""
+    quick = HostProcess(TEST_SUBMISSIONS / "toolbox").start()
+    try:
+        registry = CollectorRegistry()
+        events: list[ModelEvent] = []
+        source = ScriptedSource([endpoint(quick, "quick"), endpoint(toolbox_host, "slow")])
+        client = ModelRunnerClient(source=source, base_classname=BASE, timeout=10.0,
+                                   metrics=PrometheusMetrics(registry), on_event=events.append)
+        async with client:
+            await client.wait_for_models(2, timeout=20)
+            mark = tmp_path / "quick-called"
+            tick = asyncio.ensure_future(client.call(
+                "sleep", per_model=lambda m: (([0.0], {"mark": str(mark)})
+                                              if m.model_id == "quick" else ([3.0], None))))
+            await until(mark.exists)  # the quick model is answering
+            await asyncio.sleep(0.5)  # time passes: its answer arrives (no event to wait for)
+            source.registry.remove("quick", "the test removes it")
+            await until(lambda: any(e.kind is EventKind.LEFT for e in events))
+            assert not tick.done()  # the LEFT came during the tick, as this test needs
+            results = await tick
+            assert results["quick"].ok, results["quick"]  # answered before it was removed
+            assert results["slow"].ok
+            text = generate_latest(registry).decode()
+            assert 'model_id="slow"' in text
+            assert 'model_id="quick"' not in text, text
+    finally:
+        quick.stop()
