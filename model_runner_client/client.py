@@ -507,8 +507,8 @@ class ModelRunnerClient:
             self._metrics.tick(method, time.monotonic() - started, called,
                                [o.kind.value for o in ended])
             # A model that left during this tick may have had its LEFT dispatched (and its
-            # series forgotten) before tick() recorded it again. (~0.4 ms at 10,000 models,
-            # against ~1 µs per model for the recording itself.)
+            # series forgotten) before tick() recorded it again. (~0.4 ms at 10,000 models;
+            # recording costs ~0.6 µs per model in observe() alone.)
             for _, slot in sent:
                 if slot.gone and slot.endpoint.model_id not in self._models.slots:
                     self._metrics.forget(slot.endpoint.model_id)
