@@ -18,7 +18,7 @@ from tests.hosts import (
     TEST_SUBMISSIONS,
     HostProcess,
     call,
-    setup,
+    set_up,
     until,
     until_sync,
 )
@@ -39,7 +39,7 @@ async def test_a_flooding_model_keeps_its_host_output_bounded() -> None:
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            await setup(stub)
+            await set_up(stub)
             assert (await call(stub, "flood", 1.0, timeout=30))[0] == StatusCode.SUCCESS
             assert (await call(stub, "predict", "BTC", 1))[0] == StatusCode.SUCCESS
         await until(lambda: "bytes of output dropped" in host.log)
@@ -56,7 +56,7 @@ async def test_stopping_a_host_ends_what_its_model_forked() -> None:
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
-            await setup(stub)
+            await set_up(stub)
             code, _, child = await call(stub, "fork_child")
             assert code == StatusCode.SUCCESS and alive(child)
     finally:
