@@ -158,7 +158,9 @@ async def test_call_returns_within_the_deadline_however_models_hang(
                 "sleep", per_model=lambda m: ([30.0] if m.model_id.startswith("hang") else [0.0],
                                               None))
             elapsed = time.monotonic() - started
-            assert elapsed < 0.5 + 0.4, elapsed
+            # The deadline is 0.5 s; the margin is generous for 2 busy cores (exact figures:
+            # benchmarks), and far below the 30 s the hanging models would take.
+            assert elapsed < 0.5 + 1.5, elapsed
             for i in range(3):
                 assert results[f"hang{i}"].status is CallStatus.TIMEOUT
                 assert "no answer" in results[f"hang{i}"].detail
@@ -356,7 +358,7 @@ async def test_close_leaves_no_task_or_socket(good_host: HostProcess,
     await asyncio.sleep(0.2)  # time passes: the call is under way (no event to wait for)
     started = time.monotonic()
     await client.close()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0  # promptly: the call in flight sleeps 3 s
     # The call in flight ends promptly too, with a clean status.
     results = await asyncio.wait_for(in_flight, 1.0)
     assert results["tool"].status is CallStatus.TIMEOUT

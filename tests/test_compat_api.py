@@ -50,7 +50,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 TIMEOUT = 1.0
 #: What a tick may take beyond the timeout (generous: two cores shared with three hosts).
-MARGIN = 0.5
+MARGIN = 1.0
 
 
 def argument(position: int, type_: int, value: Any) -> Argument:

@@ -104,10 +104,12 @@ async def test_a_slow_to_connect_model_delays_no_update_and_no_tick(
             started = time.monotonic()
             await peer.send("update", [entry("a", good_host, state="STOPPED")])
             await until(lambda: ids(client) == {"b"}, timeout=5)
-            assert time.monotonic() - started < 1.0
+            # Promptly (milliseconds; the margin is for busy machines): the Setup hanging on
+            # the silent listener would hold them for its 30 s.
+            assert time.monotonic() - started < 3.0
             started = time.monotonic()
             results = await client.call("first", 1)
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 3.0
             assert results["b"].ok and "slow" not in results
             assert [m.model_id for m in client.pending] == ["slow"]
 

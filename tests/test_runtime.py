@@ -51,8 +51,9 @@ async def test_health_answers_while_a_sync_model_computes(
             started = time.perf_counter()
             assert await health(channel) == SERVING
             worst = max(worst, time.perf_counter() - started)
-        # Milliseconds in practice; the bound is generous for shared machines.
-        assert worst < 0.5, worst
+        # Milliseconds in practice; the bound is generous for shared machines, and below the
+        # 1.7 s a health check held by the computation would take.
+        assert worst < 1.0, worst
         assert not slow.done()
         assert (await slow)[0] == "SUCCESS"
 
