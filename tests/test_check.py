@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts import BASE, SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, host_env
+from tests.hosts import BASE, SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, host_env, until_sync
 
 TRACKER = "from starter_challenge.tracker import TrackerBase\n"
 GOOD = TRACKER + ("class T(TrackerBase):\n    def __init__(self, scale=1.0):\n"
@@ -97,8 +97,11 @@ def test_the_host_logs_what_check_finds_and_still_serves(tmp_path: Path) -> None
                             "requirements.txt": "no-such-package-here\n"})
     host = HostProcess(code).start()
     try:
-        assert "submission check:" in host.log and "helpers.py:1:" in host.log
-        assert "not installed: no-such-package-here" in host.log
+        # Logged right after the line that says it serves (which start() waits for).
+        until_sync(lambda: "not installed: no-such-package-here" in host.log
+                   and "helpers.py:1:" in host.log)
+        assert "submission check:" in host.log
+        assert host.proc is not None and host.proc.poll() is None  # and it still serves
     finally:
         host.stop()
 
