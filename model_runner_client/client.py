@@ -288,10 +288,14 @@ class ModelRunnerClient:
             if isinstance(notice, FailureReport):
                 await self._deliver_report(notice)
             else:
-                if (notice.kind is EventKind.LEFT and self._metrics is not None
-                        and notice.model.model_id not in self._models.slots):
-                    self._metrics.forget(notice.model.model_id)  # (not if already back)
+                if notice.kind is EventKind.LEFT:
+                    self._forget_departed(notice.model.model_id)
                 await self._events.call_back(notice)
+
+    def _forget_departed(self, model_id: str) -> None:
+        """Drop a model's metrics once it has left, unless it is already back."""
+        if self._metrics is not None and model_id not in self._models.slots:
+            self._metrics.forget(model_id)
 
     async def _deliver_report(self, report: FailureReport) -> None:
         if self._metrics is not None:
@@ -510,8 +514,8 @@ class ModelRunnerClient:
             # series forgotten) before tick() recorded it again. (~0.4 ms at 10,000 models;
             # recording costs ~0.6 µs per model in observe() alone.)
             for _, slot in sent:
-                if slot.gone and slot.endpoint.model_id not in self._models.slots:
-                    self._metrics.forget(slot.endpoint.model_id)
+                if slot.gone:
+                    self._forget_departed(slot.endpoint.model_id)
         return called
 
     def _log_mistake(self, mistake: Mistake) -> None:
