@@ -28,7 +28,7 @@ from grpclib.health.check import ServiceStatus
 from ._grpclib import peer_certificate, raw_stream
 from .containment import describe
 from .discovery import DiscoveryError, discover_class, unload_submission
-from .serial import DeadlinePassed, SerialRunner
+from .serial import DeadlinePassed, ModelBusy, SerialRunner
 from .wire import (
     CALL_PATH,
     REST_PATH,
@@ -187,16 +187,23 @@ class DynamicSubclassService:
                                              request.instanceKwArguments)
         except VariantError as exc:
             return SetupResponse(status=_status(StatusCode.INVALID_ARGUMENT, str(exc)))
+        if self._instance is not None:
+            # Answered here, not on the model's turn: a coordinator that restarts must not wait
+            # behind a call the model is stuck in.
+            return SetupResponse(status=_status(StatusCode.SUCCESS, _ALREADY_SET_UP))
         generation = self._generation
         try:
             # The instance is installed when the constructor returns, even if this caller has
             # given up by then (a slow constructor must not run again on the client's retry).
             outcome = await self._runner.run_sync(
                 lambda: self._create_instance(class_name, args, kwargs),
-                expires_at=expires_at, then=lambda done: self._install(done, generation))
+                what=f"Setup ({class_name})", expires_at=expires_at,
+                then=lambda done: self._install(done, generation))
         except DeadlinePassed:
             raise GRPCError(GrpcStatus.DEADLINE_EXCEEDED,
                             "deadline passed before Setup ran") from None
+        except ModelBusy as exc:
+            raise GRPCError(GrpcStatus.RESOURCE_EXHAUSTED, str(exc)) from None
         if outcome.instance is not None and generation != self._generation:
             outcome = _Outcome(StatusCode.FAILED_PRECONDITION,
                                "a Rest arrived while the constructor ran, so its instance was "
@@ -207,9 +214,8 @@ class DynamicSubclassService:
         self, class_name: str, args: list[Any], kwargs: dict[str, Any]
     ) -> _Outcome:
         # Runs on the model thread and writes no state: the loop installs what it returns.
-        if self._instance is not None:
-            return _Outcome(StatusCode.SUCCESS, "already set up; Setup again after Rest to "
-                                                "create a new instance")
+        if self._instance is not None:  # set up by a Setup that was queued before this one
+            return _Outcome(StatusCode.SUCCESS, _ALREADY_SET_UP)
         try:
             cls = discover_class(self._code_directory, class_name)
         except DiscoveryError as exc:
@@ -313,7 +319,8 @@ class DynamicSubclassService:
                         return failed(exc)
                     return _encode_result(cls_name, name, result, max_send)
 
-                return await self._runner.run_async(invoke_async, expires_at=expires_at)
+                return await self._runner.run_async(invoke_async, what=name,
+                                                    expires_at=expires_at)
 
             def invoke() -> _Outcome:
                 try:
@@ -323,10 +330,14 @@ class DynamicSubclassService:
                 # Encoding runs here too: a large DataFrame must not stall the event loop.
                 return _encode_result(cls_name, name, result, max_send)
 
-            return await self._runner.run_sync(invoke, expires_at=expires_at)
+            return await self._runner.run_sync(invoke, what=name, expires_at=expires_at)
         except DeadlinePassed:
             raise GRPCError(GrpcStatus.DEADLINE_EXCEEDED,
                             f"deadline passed while {name} waited for an earlier call") from None
+        except ModelBusy as exc:
+            # As the deployed host answers a call that finds its model busy: clients count it
+            # as a timeout at once, instead of waiting their deadline behind an abandoned call.
+            raise GRPCError(GrpcStatus.RESOURCE_EXHAUSTED, str(exc)) from None
 
     def _log_failure(self, name: str, outcome: _Outcome) -> None:
         """Each distinct failure in full once (with the model's traceback), then a count every
@@ -353,6 +364,8 @@ class DynamicSubclassService:
                            name, ", ".join(sorted(dropped)))
         return {k: v for k, v in kwargs.items() if k in accepted}
 
+
+_ALREADY_SET_UP = "already set up; Setup again after Rest to create a new instance"
 
 #: Method names (and sets of dropped keywords) remembered per instance.
 METHODS_REMEMBERED = 256

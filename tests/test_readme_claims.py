@@ -187,16 +187,19 @@ async def test_large_frames_are_applied_in_slices_of_200_entries() -> None:
 
 
 @pytest.mark.anyio
-async def test_def_methods_run_on_one_thread_per_model(toolbox_host: HostProcess) -> None:
+async def test_methods_run_on_one_thread_per_model(toolbox_host: HostProcess) -> None:
     async with toolbox_host.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
         await set_up(stub)
         threads = {tuple(await ok(stub, "thread")) for _ in range(5)}
         threads |= {tuple(t) for t in await asyncio.gather(*(ok(stub, "thread")
                                                              for _ in range(5)))}
-        loop_thread = tuple(await ok(stub, "async_thread"))
+        coroutine_thread = tuple(await ok(stub, "async_thread"))
     assert len(threads) == 1  # always the same thread
-    assert threads != {loop_thread}  # and not the event loop's
+    # `async def` methods too, on a loop of that thread's own: never the host's loop, which a
+    # coroutine that spins once held whole.
+    assert threads == {coroutine_thread}
+    assert coroutine_thread[1] != "MainThread"
 
 
 @pytest.mark.anyio

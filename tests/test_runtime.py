@@ -16,8 +16,17 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from model_runner.wire import SERVICE_NAME, DynamicSubclassServiceStub
-from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, call, ok, set_up, until
+from model_runner.wire import SERVICE_NAME, DynamicSubclassServiceStub, SetupRequest
+from tests.hosts import (
+    BASE,
+    SUBMISSIONS,
+    TEST_SUBMISSIONS,
+    HostProcess,
+    call,
+    ok,
+    set_up,
+    until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -90,17 +99,86 @@ async def test_a_call_whose_deadline_passed_while_waiting_is_not_run(
     assert (await ok(toolbox, "stats"))["order"] == ["blocker", "after"]
 
 
-@pytest.mark.parametrize("method", ["sleep", "async_sleep"])
-async def test_a_timed_out_call_runs_to_completion_and_holds_its_turn(
-    toolbox: DynamicSubclassServiceStub, method: str,
+async def runs_again(stub: DynamicSubclassServiceStub, method: str, *args: Any,
+                     **kwargs: Any) -> None:
+    """Wait until a call runs again (the host answers busy until an abandoned call returns)."""
+    async def ran() -> bool:
+        try:
+            await call(stub, method, *args, timeout=5, **kwargs)
+        except GRPCError as exc:
+            assert exc.status is GrpcStatus.RESOURCE_EXHAUSTED, exc
+            return False
+        return True
+    await until(ran)
+
+
+@pytest.mark.parametrize("method", ["sleep", "async_sleep", "spin", "async_spin"])
+async def test_a_timed_out_call_runs_to_completion_and_calls_meanwhile_are_answered_busy(
+    toolbox_host: HostProcess, toolbox: DynamicSubclassServiceStub, method: str,
 ) -> None:
-    """`def` and `async def` alike: a cancelled coroutine once left model state half-updated."""
-    await ended_by_its_deadline(call(toolbox, method, 0.8, tag="abandoned", timeout=0.2))
+    """A cancelled coroutine once left model state half-updated, so an abandoned call still
+    runs to its end; but nobody waits for it, so calls that arrive meanwhile are answered
+    RESOURCE_EXHAUSTED "Server busy" at once (they once waited their own deadline behind it),
+    and health stays answered (an `async def` that spins once held the host's loop)."""
+    await ended_by_its_deadline(call(toolbox, method, 1.5, tag="abandoned", timeout=0.2))
     started = time.monotonic()
-    await ok(toolbox, method, 0.0, tag="next")
-    assert time.monotonic() - started > 0.3  # waited for the abandoned call to finish
+    with pytest.raises(GRPCError) as busy:
+        await call(toolbox, method, 0.0, tag="refused", timeout=5)
+    assert time.monotonic() - started < 0.5  # at once, not after the abandoned call
+    assert busy.value.status is GrpcStatus.RESOURCE_EXHAUSTED
+    assert busy.value.message is not None and busy.value.message.startswith(
+        f"Server busy: the model is still running {method}, started "), busy.value.message
+    async with toolbox_host.channel() as channel:
+        started = time.monotonic()
+        assert await health(channel) == SERVING
+        assert time.monotonic() - started < 0.5
+    # Once the abandoned call returns, calls run again, one at a time.
+    await runs_again(toolbox, method, 0.0, tag="next")
     stats = await ok(toolbox, "stats")
-    assert stats["order"] == ["abandoned", "next"] and stats["max_active"] == 1
+    assert stats["order"] == ["abandoned", "next"] and stats["max_active"] <= 1
+
+
+async def test_calls_behind_a_live_call_keep_their_turn(
+    toolbox: DynamicSubclassServiceStub, tmp_path: Path,
+) -> None:
+    """Only an abandoned call makes others busy: behind one whose caller waits, calls queue."""
+    mark = tmp_path / "live"
+    live = asyncio.ensure_future(call(toolbox, "sleep", 0.5, tag="live", mark=str(mark)))
+    await until(mark.exists)
+    queued = [asyncio.ensure_future(call(toolbox, "sleep", 0.0, tag=i)) for i in range(3)]
+    assert (await live)[0] == "SUCCESS"
+    assert [code for code, _, _ in await asyncio.gather(*queued)] == ["SUCCESS"] * 3
+    assert (await ok(toolbox, "stats"))["order"] == ["live", 0, 1, 2]
+
+
+async def test_calls_waiting_when_the_running_call_is_abandoned_are_answered_busy(
+    toolbox: DynamicSubclassServiceStub, tmp_path: Path,
+) -> None:
+    mark = tmp_path / "running"
+    running = asyncio.ensure_future(call(toolbox, "sleep", 1.5, tag="abandoned", mark=str(mark),
+                                         timeout=0.5))
+    await until(mark.exists)
+    waiting = asyncio.ensure_future(call(toolbox, "sleep", 0.0, tag="waiting", timeout=10))
+    await ended_by_its_deadline(running)
+    started = time.monotonic()
+    with pytest.raises(GRPCError) as busy:
+        await waiting
+    assert busy.value.status is GrpcStatus.RESOURCE_EXHAUSTED
+    assert time.monotonic() - started < 0.5  # when the call ahead was abandoned, not after it
+    await runs_again(toolbox, "stats")
+
+
+async def test_setup_is_answered_at_once_while_the_model_is_stuck(
+    toolbox: DynamicSubclassServiceStub,
+) -> None:
+    """A coordinator that restarts sets the model up again while it is stuck on an abandoned
+    call (model-runner-client 0.14 gave up after its 120 s Setup timeout)."""
+    await ended_by_its_deadline(call(toolbox, "sleep", 1.5, timeout=0.2))
+    started = time.monotonic()
+    response = await toolbox.setup(SetupRequest(class_name=BASE), timeout=5)
+    assert response.status is not None and response.status.code == "SUCCESS"
+    assert time.monotonic() - started < 0.5
+    await runs_again(toolbox, "stats")
 
 
 async def test_async_model(toolbox: DynamicSubclassServiceStub) -> None:

@@ -90,6 +90,28 @@ class Toolbox(TrackerBase):
                 self.order.append(tag)
         return seconds
 
+    def spin(self, seconds, tag=None):
+        """Compute for `seconds` without sleeping (a model stuck in a loop)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+        if tag is not None:
+            self.order.append(tag)
+        return seconds
+
+    async def async_spin(self, seconds, tag=None):
+        """The same in an `async def` that never awaits: it would hold any loop it ran on."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+        if tag is not None:
+            self.order.append(tag)
+        return seconds
+
+    async def async_loop(self):
+        """Where this coroutine runs: its thread, and whether the host's own loop runs there."""
+        return threading.current_thread().name
+
     def stats(self):
         return {"max_active": self.max_active, "order": self.order, "calls": self.calls}
 
