@@ -43,6 +43,10 @@ class Kind(Enum):
     #: again. Not answered, as when unreachable: the model did nothing wrong.
     NEEDS_SETUP = "needs setup"
     TIMEOUT = "timeout"
+    #: The host answered at once that the model is still running an earlier call, one whose
+    #: caller gave up (RESOURCE_EXHAUSTED "Server busy"): a timeout, but one that cost nothing,
+    #: so it needs no cooling down and no health probe (the host just answered).
+    BUSY = "busy"
     UNREACHABLE = "unreachable"
     #: Not sent: the bound on calls in flight held it until the deadline.
     NOT_SENT = "not sent"
@@ -75,6 +79,7 @@ _STATUS_OF = {Kind.SUCCESS: CallStatus.SUCCESS, Kind.MODEL_FAILURE: CallStatus.F
               Kind.UNTRUSTED: CallStatus.FAILURE, Kind.MISSING_METHOD: CallStatus.FAILURE,
               Kind.COORDINATOR: CallStatus.FAILURE, Kind.CLIENT_BUG: CallStatus.FAILURE,
               Kind.MISSING_BASE_CLASS: CallStatus.FAILURE, Kind.TIMEOUT: CallStatus.TIMEOUT,
+              Kind.BUSY: CallStatus.TIMEOUT,
               Kind.UNREACHABLE: CallStatus.TIMEOUT, Kind.NOT_SENT: CallStatus.TIMEOUT,
               Kind.SKIPPED: CallStatus.TIMEOUT, Kind.SETTING_UP: CallStatus.TIMEOUT,
               Kind.LEFT: CallStatus.FAILURE}
@@ -98,6 +103,9 @@ class Outcome(NamedTuple):
 # servers reject a second concurrent call with RESOURCE_EXHAUSTED "Server busy".
 _TIMEOUT_STATUSES = {GrpcStatus.DEADLINE_EXCEEDED, GrpcStatus.RESOURCE_EXHAUSTED,
                      GrpcStatus.CANCELLED}
+#: How hosts word a call refused because the model is still running another: crunch-model-runner
+#: answers exactly this, ours adds what the model runs (model_runner/serial.py).
+_BUSY = "Server busy"
 
 
 def outcome_of_error(endpoint: ModelEndpoint, exc: BaseException, latency: int) -> Outcome:
@@ -176,6 +184,9 @@ def _from_grpc_error(latency: int, exc: GRPCError) -> Outcome:
     if exc.status is GrpcStatus.DEADLINE_EXCEEDED:  # the host's side of the same deadline
         return Outcome(Kind.TIMEOUT, latency_us=latency,
                        detail=f"no answer before the deadline ({detail} from the host)")
+    if exc.status is GrpcStatus.RESOURCE_EXHAUSTED and (exc.message or "").startswith(_BUSY):
+        return Outcome(Kind.BUSY, latency_us=latency,
+                       detail=f"the model is still running an earlier call ({detail})")
     if exc.status in _TIMEOUT_STATUSES:
         return Outcome(Kind.TIMEOUT, latency_us=latency, detail=detail)
     if exc.status in (GrpcStatus.UNAUTHENTICATED, GrpcStatus.PERMISSION_DENIED):

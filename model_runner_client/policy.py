@@ -5,7 +5,16 @@ though its `tick` keeps succeeding (a success of `tick` says nothing about `pred
 are counted per model: any answer shows the model is responsive, so any success resets them.
 Reaching `max_consecutive_failures` failures of one method, or `max_consecutive_timeouts`
 timeouts, in a row disconnects the model. During a timeout streak of length s the model skips
-ceil(s/2) calls, then one call is let through to test it again.
+ceil(s/2) calls, then one call is let through to test it again: a slow model is not made to
+hold every tick to its deadline.
+
+A busy answer (the host says at once that the model is still running an earlier call, whose
+caller gave up) counts as a timeout but sets no skips: it cost the tick nothing, and the next
+call tells again at no cost whether the model is free. A model stuck for good is therefore
+disconnected on its `max_consecutive_timeouts`-th call (the first timeout, one skipped call,
+then a busy answer on each tick: `max_consecutive_timeouts` + 1 ticks in all, 101 with
+crunch-node's default of 100), while a model that was slow once answers again as soon as its
+call returns, which resets the streak.
 """
 
 from __future__ import annotations
@@ -52,11 +61,12 @@ class Streaks:
         self.timeouts = self.skips_left = self.unreachable = 0
         return ReportCode.MULTIPLE_FAILED if count >= self.max_failures else None
 
-    def timeout(self, *, unreachable: bool = False) -> ReportCode | None:
-        """Record a timeout; returns the report code if the model must be disconnected."""
+    def timeout(self, *, unreachable: bool = False, busy: bool = False) -> ReportCode | None:
+        """Record a timeout (`busy`: one the host answered at once); returns the report code if
+        the model must be disconnected."""
         self.timeouts += 1
         self.unreachable = self.unreachable + 1 if unreachable else 0
-        self.skips_left = (self.timeouts + 1) // 2
+        self.skips_left = 0 if busy else (self.timeouts + 1) // 2
         if self.timeouts >= self.max_timeouts:
             # Nothing ever answered: the host is gone rather than slow.
             return (ReportCode.CONNECTION_FAILED if self.unreachable >= self.timeouts

@@ -155,6 +155,8 @@ class Registry:
             verdict = streaks.timeout(unreachable=kind is Kind.UNREACHABLE)
             if verdict is None:
                 slot.request(Check.PROBE)
+        elif kind is Kind.BUSY:
+            verdict = streaks.timeout(busy=True)
         # REFUSED, COORDINATOR, CLIENT_BUG, NOT_SENT: our credentials, the coordinator's call,
         # our bug, our bound on calls in flight: never the model's fault.
         if verdict is None:

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 MAX_CONCURRENT_SETUPS = 64
 #: Setup outcomes worth another attempt: nothing, or nothing a model host says, answered.
-_RETRIED = {Kind.TIMEOUT, Kind.UNREACHABLE, Kind.CLIENT_BUG}
+_RETRIED = {Kind.TIMEOUT, Kind.BUSY, Kind.UNREACHABLE, Kind.CLIENT_BUG}
 
 
 class Checks:

@@ -1,5 +1,6 @@
 """The failure policy in isolation: streaks, cooling down, verdicts."""
 
+from model_runner_client.events import ReportCode
 from model_runner_client.policy import Streaks
 
 
@@ -60,3 +61,26 @@ def test_forgive_forgets_every_streak() -> None:
     assert not streaks.take_skip()
     assert streaks.failure("predict") is None  # counted from zero again
     assert streaks.timeout() is None and streaks.timeout() is None
+
+
+def test_busy_answers_count_as_timeouts_without_cooling_down() -> None:
+    """A model stuck for good is disconnected after max_timeouts + 1 ticks: the first timeout,
+    one skipped tick, then a busy answer (at no cost) on every tick."""
+    streaks = Streaks(max_failures=3, max_timeouts=100)
+    ticks, verdict = 1, streaks.timeout()  # the call that hung, held to the deadline
+    while verdict is None:
+        ticks += 1
+        if not streaks.take_skip():
+            verdict = streaks.timeout(busy=True)
+    assert verdict == ReportCode.MULTIPLE_TIMEOUT
+    assert ticks == 101
+
+
+def test_a_model_slow_once_is_forgiven_when_it_answers_again() -> None:
+    streaks = Streaks(max_failures=3, max_timeouts=3)
+    assert streaks.timeout() is None  # slow once: its call outlived the deadline
+    assert streaks.take_skip()
+    assert streaks.timeout(busy=True) is None  # still finishing that call
+    assert not streaks.take_skip()
+    streaks.success("predict")  # done: answers again
+    assert streaks.timeouts == 0 and not streaks.take_skip()

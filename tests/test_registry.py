@@ -42,7 +42,7 @@ SETUP_ANSWERS = {
 CALL_KINDS = [kind for kind in Kind if kind not in (
     Kind.MISSING_BASE_CLASS, Kind.SKIPPED, Kind.SETTING_UP, Kind.LEFT)]
 FAILURES = {Kind.MODEL_FAILURE, Kind.MISSING_METHOD}
-NOT_ANSWERED = {Kind.TIMEOUT, Kind.UNREACHABLE, Kind.NEEDS_SETUP}
+NOT_ANSWERED = {Kind.TIMEOUT, Kind.BUSY, Kind.UNREACHABLE, Kind.NEEDS_SETUP}
 
 
 class ScriptedConnection:
