@@ -31,11 +31,11 @@ def start_script(script: str, *args: str) -> tuple[subprocess.Popen[bytes], int]
 
 
 def start_listening(argv: list[str], port: int, *, env: dict[str, str],
-                    cwd: Path | None = None) -> subprocess.Popen[bytes]:
+                    cwd: Path | None = None, timeout: float = 30) -> subprocess.Popen[bytes]:
     """Run `argv` and wait until something listens on 127.0.0.1:`port`."""
     script = Path(argv[1]).name if len(argv) > 1 else argv[0]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env, cwd=cwd)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{script} exited with {proc.returncode}")

@@ -39,13 +39,13 @@ from .wire import (
     Status,
     StatusCode,
     VariantError,
-    VariantType,
     decode_value,
     encode_variant_value,
 )
-from .wire import Variant as VariantMessage
 from .wire.codes import missing_method
+from .wire.pb2.commons_pb2 import Status as _Status
 from .wire.pb2.dynamic_subclass_pb2 import CallRequest, SetupRequest
+from .wire.pb2.dynamic_subclass_pb2 import CallResponse as _CallResponse
 
 __all__ = ["DynamicSubclassService"]
 
@@ -265,11 +265,12 @@ class DynamicSubclassService:
         outcome = await self._call(request, expires_at)
         if outcome.code is not StatusCode.SUCCESS:
             self._log_failure(request.methodName, outcome)
-        response = CallResponse(status=_status(outcome.code, outcome.message))
+        # protobuf's C encoder: betterproto2's took ~60 µs of a no-op call's ~640 (py-spy).
+        response = _CallResponse(status=_Status(code=outcome.code.value, message=outcome.message))
         if outcome.variant is not None:
-            type_, value = outcome.variant
-            response.method_response = VariantMessage(type=VariantType(type_), value=value)
-        return bytes(response)
+            type_, response.methodResponse.value = outcome.variant
+            response.methodResponse.type = cast(Any, type_)  # an int, as protobuf's enums are
+        return response.SerializeToString()  # type: ignore[no-any-return]
 
     async def _call(self, request: CallRequest, expires_at: float | None) -> _Outcome:
         name = request.methodName
