@@ -11,6 +11,7 @@ ticks through the orchestrator link.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ import pytest
 
 from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec
 from tests.deployment import CRUNCHER, HOTKEY, MODEL, Deployment, key_hash, wallet_address
-from tests.hosts import BASE, EXAMPLES, ROOT, SUBMISSIONS
+from tests.hosts import BASE, EXAMPLES, ROOT, SUBMISSIONS, TEST_SUBMISSIONS
 
 pytestmark = [pytest.mark.install, pytest.mark.anyio]
 
@@ -56,15 +57,24 @@ def installed(venv: Path, name: str) -> str | None:
 async def coordinate(venv: Path, port: int, crunch_id: str, ticks: int,
                      cert_dir: Path | None = None) -> tuple[list[list[str]], str]:
     """Run the old-API coordinator in `venv` (without blocking the orchestrator's loop)."""
+    statuses, _, log = await coordinate_timed(venv, port, crunch_id, ticks, cert_dir)
+    return statuses, log
+
+
+async def coordinate_timed(venv: Path, port: int, crunch_id: str, ticks: int,
+                           cert_dir: Path | None = None, timeout: float = 10.0,
+                           ) -> tuple[list[list[str]], list[float], str]:
+    """`coordinate`, with the runner's timeout, and each tick's duration too."""
     import anyio
     args = [str(venv / "bin" / "python"), str(COORDINATOR), str(port), crunch_id, BASE,
             str(ticks), *([str(cert_dir)] if cert_dir else [])]
     with anyio.fail_after(180):
-        result = await anyio.run_process(args, check=False)
+        result = await anyio.run_process(args, check=False, env={
+            **os.environ, "COORDINATOR_TIMEOUT": str(timeout)})
     out, err = result.stdout.decode(), result.stderr.decode()
     assert result.returncode == 0, out + err[-3000:]
-    statuses: list[list[str]] = json.loads(out.strip().splitlines()[-1])["statuses"]
-    return statuses, err[-3000:]
+    answer = json.loads(out.strip().splitlines()[-1])
+    return answer["statuses"], answer["durations"], err[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +105,28 @@ async def test_the_grpcio_client_ticks_our_secure_host(
     statuses, log = await coordinate(venv, secure_orchestrator.port, "secure", 2, folder)
     assert statuses == [["SUCCESS"], ["SUCCESS"]], log
     assert secure_orchestrator.reports == []
+
+
+@pytest.mark.parametrize("mode", ["sleep", "spin", "await", "async_spin"])
+async def test_the_grpcio_client_loses_one_tick_to_a_hung_model_on_our_host(
+        venv: Path, mode: str) -> None:
+    """Issue 20: our host answers a call that finds the model stuck on an abandoned call
+    "Server busy" at once, as crunch-model-runner does, and the old client counts that as a
+    timeout at once; it once waited its whole timeout on every tick of the round."""
+    assert installed(venv, "model-runner-client") == "0.14.0"
+    models = [ModelSpec(SUBMISSIONS / "good_tracker", "good-1"),
+              ModelSpec(SUBMISSIONS / "good_tracker", "good-2"),
+              ModelSpec(TEST_SUBMISSIONS / "hung", "hung", env=(("HUNG_MODE", mode),))]
+    async with LocalOrchestrator("hung", models, python_path=[EXAMPLES]) as orchestrator:
+        await orchestrator.wait_running(timeout=60)
+        statuses, durations, log = await coordinate_timed(venv, orchestrator.port, "hung", 30,
+                                                          timeout=1.0)
+    assert all(tick.count("SUCCESS") == 2 for tick in statuses), (statuses, log)
+    # The hung model times out until the old client's own policy disconnects it.
+    assert statuses[0] == ["SUCCESS", "SUCCESS", "TIMEOUT"], statuses
+    assert {(r["model_id"], r["failure_code"]) for r in orchestrator.reports} == {
+        ("hung", "MULTIPLE_TIMEOUT")}, orchestrator.reports
+    assert sum(1 for d in durations if d > 0.8) <= 1, durations
 
 
 async def test_the_readme_upgrade_in_place(venv: Path) -> None:
