@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from grpclib.client import Channel
+from grpclib.const import Status as GrpcStatus
+from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
@@ -102,6 +104,21 @@ async def until(predicate: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+async def runs_again(stub: DynamicSubclassServiceStub, method: str = "stats", *args: Any,
+                     **kwargs: Any) -> None:
+    """Wait until a call runs again: the host answers RESOURCE_EXHAUSTED "Server busy" until
+    an abandoned call returns. Tests that abandon a call on a shared host end with this, so
+    the next test finds the model idle."""
+    async def ran() -> bool:
+        try:
+            await call(stub, method, *args, timeout=5, **kwargs)
+        except GRPCError as exc:
+            assert exc.status is GrpcStatus.RESOURCE_EXHAUSTED, exc
+            return False
+        return True
+    await until(ran)
 
 
 def until_sync(predicate: Any, timeout: float = 10.0) -> None:

@@ -25,7 +25,15 @@ from model_runner_client import (
 )
 from tests import clients
 from tests.clients import ScriptedSource, address_client, free_port
-from tests.hosts import BASE, SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, reported, until
+from tests.hosts import (
+    BASE,
+    SUBMISSIONS,
+    TEST_SUBMISSIONS,
+    HostProcess,
+    reported,
+    runs_again,
+    until,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
@@ -171,19 +179,27 @@ async def test_call_returns_within_the_deadline_however_models_hang(
             host.stop()
 
 
-async def test_an_abandoned_call_keeps_its_turn_and_the_connection_stays_usable(
+async def test_an_abandoned_call_runs_to_its_end_and_the_connection_stays_usable(
         toolbox_host: HostProcess) -> None:
     """The deadline resets the stream (RST_STREAM CANCEL); the model's code runs to its end
-    and holds its turn (README), and the same connection serves the next call."""
-    async with address_client([endpoint(toolbox_host, "tool")], timeout=0.3) as client:
+    (README) while calls meanwhile are answered busy at once, and the same connection serves
+    the first call after it."""
+    async with address_client([endpoint(toolbox_host, "tool")], timeout=0.3,
+                              max_consecutive_timeouts=1000) as client:
         await client.wait_for_models(1, timeout=20)
         results = await client.call("async_sleep", 1.5)
         assert results["tool"].status is CallStatus.TIMEOUT
         skipped = await client.call("first", 1, timeout=5.0)
         assert skipped["tool"].detail.startswith("skipped while cooling down")
-        results = await client.call("first", 1, timeout=5.0)
-        assert results["tool"].status is CallStatus.SUCCESS, results["tool"].detail
-        assert results["tool"].latency_us > 500_000  # waited for the abandoned call's turn
+        busy = (await client.call("first", 1, timeout=5.0))["tool"]
+        assert busy.status is CallStatus.TIMEOUT, busy.detail
+        assert busy.detail.startswith("the model is still running an earlier call"), busy.detail
+        assert busy.latency_us < 1_000_000  # answered at once, not at its 5 s deadline
+
+        async def runs_again() -> bool:  # a busy answer sets no cooling down: every tick asks
+            return (await client.call("first", 1, timeout=5.0))["tool"].ok
+
+        await until(runs_again)
 
 
 async def test_a_process_exiting_mid_call(good_host: HostProcess) -> None:
@@ -249,7 +265,7 @@ async def test_consecutive_failures_disconnect_and_report_once(
     assert [e.model.model_id for e in left] == ["bad"]
 
 
-async def test_timeout_streak_cools_down_then_disconnects(toolbox_host: HostProcess,
+async def test_a_timeout_cools_down_then_busy_answers_disconnect(toolbox_host: HostProcess,
                                                           good_host: HostProcess) -> None:
     hanger = HostProcess(TEST_SUBMISSIONS / "toolbox").start()
     reports: list[FailureReport] = []
@@ -262,10 +278,13 @@ async def test_timeout_streak_cools_down_then_disconnects(toolbox_host: HostProc
             for _ in range(6):
                 results = await client.call("async_sleep", 10.0, models=["hang"])
                 details.append(results["hang"].detail)
-            # timeout, skip 1, timeout, skip 1, timeout -> disconnected; then not called.
-            assert [d.startswith("skipped while cooling down") for d in details] == [
-                False, True, False, True, False, False], details
-            assert details[-1] == "not called: the model has left"
+            # timeout, skip 1, then busy answers (timeouts that set no cooling down) while the
+            # first call still runs: the third timeout in a row disconnects; then not called.
+            kinds = [("skipped" if d.startswith("skipped while cooling down") else
+                      "busy" if d.startswith("the model is still running an earlier call") else
+                      "left" if d == "not called: the model has left" else
+                      "timeout" if d.startswith("no answer") else d) for d in details]
+            assert kinds == ["timeout", "skipped", "busy", "busy", "left", "left"], details
             assert "hang" not in {m.model_id for m in client.models}
             await until(lambda: bool(reports))
         assert [(r.model.model_id, r.code) for r in reports] == [("hang", "MULTIPLE_TIMEOUT")]
@@ -343,7 +362,7 @@ async def test_events_as_an_async_iterator(good_host: HostProcess) -> None:
 
 
 async def test_close_leaves_no_task_or_socket(good_host: HostProcess,
-                                              toolbox_host: HostProcess) -> None:
+                                              toolbox_host: HostProcess, tmp_path: Path) -> None:
     def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 
@@ -354,8 +373,10 @@ async def test_close_leaves_no_task_or_socket(good_host: HostProcess,
                          connect_attempts=100, timeout=5.0)
     await client.start()
     await client.wait_for_models(2, timeout=20)
-    in_flight = asyncio.ensure_future(client.call("sleep", 3.0, models=["tool"]))
-    await asyncio.sleep(0.2)  # time passes: the call is under way (no event to wait for)
+    mark = tmp_path / "in-flight"
+    in_flight = asyncio.ensure_future(client.call("sleep", 3.0, kwargs={"mark": str(mark)},
+                                                  models=["tool"]))
+    await until(mark.exists)  # the call is under way on the host
     started = time.monotonic()
     await client.close()
     assert time.monotonic() - started < 2.0  # promptly: the call in flight sleeps 3 s
@@ -365,6 +386,8 @@ async def test_close_leaves_no_task_or_socket(good_host: HostProcess,
     await until(lambda: len(asyncio.all_tasks()) == before_tasks)
     assert open_fds() <= before_fds
     await client.close()  # twice is fine
+    async with toolbox_host.channel() as channel:  # leave the shared host idle for the next test
+        await runs_again(DynamicSubclassServiceStub(channel))
 
 
 async def test_a_response_over_the_client_limit_is_a_failure(toolbox_host: HostProcess) -> None:

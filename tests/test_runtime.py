@@ -24,6 +24,7 @@ from tests.hosts import (
     HostProcess,
     call,
     ok,
+    runs_again,
     set_up,
     until,
 )
@@ -97,19 +98,6 @@ async def test_a_call_whose_deadline_passed_while_waiting_is_not_run(
     await blocker
     await ok(toolbox, "sleep", 0.0, tag="after")
     assert (await ok(toolbox, "stats"))["order"] == ["blocker", "after"]
-
-
-async def runs_again(stub: DynamicSubclassServiceStub, method: str, *args: Any,
-                     **kwargs: Any) -> None:
-    """Wait until a call runs again (the host answers busy until an abandoned call returns)."""
-    async def ran() -> bool:
-        try:
-            await call(stub, method, *args, timeout=5, **kwargs)
-        except GRPCError as exc:
-            assert exc.status is GrpcStatus.RESOURCE_EXHAUSTED, exc
-            return False
-        return True
-    await until(ran)
 
 
 @pytest.mark.parametrize("method", ["sleep", "async_sleep", "spin", "async_spin"])
