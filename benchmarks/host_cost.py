@@ -1,7 +1,8 @@
 """What one call costs a model host, measured from outside by h2load (nghttp2's C HTTP/2 load
 generator, so the figure is the host's and not a Python driver's), one call at a time over one
 connection: our host; grpclib alone, answering raw bytes (the floor under any grpclib host);
-grpclib with betterproto2, as a generated service; and, with --old-host-python,
+grpclib with betterproto2, as a generated service; libnghttp2 (ngh2) alone, answering raw bytes
+(what a host's HTTP/2 would cost on nghttp2); and, with --old-host-python,
 crunch-model-runner 0.4.2, the deployed host (grpcio). Rounds are interleaved.
 
     python -m benchmarks.host_cost [--calls 3000] [--rounds 8] [--instructions]
@@ -51,6 +52,7 @@ from model_runner.wire import (
 NOOP = BENCH / "submissions" / "noop"
 BASE_CLASS = "starter_challenge.tracker.TrackerBase"
 FLOOR = "grpclib alone, raw bytes (the floor)"
+NGH2_FLOOR = "libnghttp2 (ngh2) alone, raw bytes"
 OLD = "crunch-model-runner 0.4.2"
 
 
@@ -78,6 +80,8 @@ def targets(old_host_python: str | None, baseline_root: Path | None,
     bare = [sys.executable, str(BENCH / "bare_server.py"), "{port}", "--uvloop"]
     chosen = [Target(FLOOR, [*bare, "--raw"], host_environment([EXAMPLES, ROOT])),
               Target("grpclib + betterproto2", bare, host_environment([EXAMPLES, ROOT])),
+              Target(NGH2_FLOOR, [sys.executable, str(BENCH / "ngh2_floor_server.py"), "{port}"],
+                     host_environment([EXAMPLES, ROOT]), cwd=ROOT),
               Target("our host, def", our_host(), host_environment([EXAMPLES]), cwd=ROOT)]
     if async_method:
         chosen.append(Target("our host, async def", our_host(), host_environment([EXAMPLES]),
@@ -141,7 +145,8 @@ def start(target: Target, prefix: tuple[str, ...] = ()) -> tuple[subprocess.Pope
     port = free_port()
     process = start_listening([*prefix, *target.command(port)], port, env=target.env,
                               cwd=target.cwd, timeout=600 if prefix else 30)
-    asyncio.run(set_up(port))
+    if target.name != NGH2_FLOOR:  # it answers every request alike
+        asyncio.run(set_up(port))
     return process, port
 
 
