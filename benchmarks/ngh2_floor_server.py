@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import cast
 
 import ngh2
 import uvloop
@@ -24,11 +25,11 @@ TRAILERS = [(b"grpc-status", b"0")]
 
 class Constant(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport is not a subclass of asyncio.Transport; it has write().
+        self.transport = cast(asyncio.Transport, transport)
         self.h2 = ngh2.Connection(ngh2.Role.SERVER)
         self.h2.initiate_connection()
-        transport.write(self.h2.data_to_send())
+        self.transport.write(self.h2.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         h2 = self.h2
