@@ -26,7 +26,7 @@ try:
     from rich.table import Table
 except ModuleNotFoundError:
     sys.exit("demo: this needs the demo extra: pip install -e '.[demo]' "
-             "(or pip install 'model-runner[demo]')")
+             "(or pip install 'model-runner-client[demo]')")
 
 EXAMPLES = Path(__file__).resolve().parent
 sys.path.insert(0, str(EXAMPLES))  # the Crunch package and the example coordinator

@@ -22,7 +22,7 @@ __all__ = [
     "encode_value",
 ]
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 
 _WHERE = {
     "DiscoveryError": ".discovery", "discover_class": ".discovery",

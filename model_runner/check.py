@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
+import importlib.util
 import json
 import re
 import sys
@@ -163,6 +164,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                        "folder\n")
     init = _arguments(options.init_args, "--init-args")
     call = _arguments(options.args, "--args")
+    if importlib.util.find_spec("model_runner_client") is None:
+        # The host alone (host/pyproject.toml) has no client to read answers with.
+        parser.exit(2, "model-runner check: error: it reads answers as a coordinator's client "
+                       "does, and model-runner-client is not installed; install it (it holds "
+                       "the host too) in place of model-runner: pip install model-runner-client "
+                       "from this project's repository (README)\n")
     import logging
     logging.basicConfig(level=logging.CRITICAL)  # findings are printed, not logged
     from .containment import install

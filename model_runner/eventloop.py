@@ -1,6 +1,7 @@
 """How our entry points (the host, the local orchestrator, the demo, the benchmarks) run their
-event loop: on uvloop when it is installed (`pip install 'model-runner[uvloop]'`), unless
-MODEL_RUNNER_UVLOOP=0. The libraries never choose: a coordinator owns its loop.
+event loop: on uvloop when it is installed (`pip install 'model-runner-client[uvloop]'`, or
+'model-runner[uvloop]' for a host alone), unless MODEL_RUNNER_UVLOOP=0. The libraries never
+choose: a coordinator owns its loop.
 
 At 1,000 models uvloop cut the client's CPU per call from 73 to 46 µs on the ngh2 transport
 (benchmarks/README.md).

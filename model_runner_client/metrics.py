@@ -1,6 +1,6 @@
 """What a coordinator running a Crunch for months wants to watch, as Prometheus metrics
-(`pip install 'model-runner[metrics]'`): per-model call latency, calls by outcome, reports by
-code, models ready / pending / cooling down, tick durations.
+(`pip install 'model-runner-client[metrics]'`): per-model call latency, calls by outcome,
+reports by code, models ready / pending / cooling down, tick durations.
 
     from model_runner_client.metrics import PrometheusMetrics
     metrics = PrometheusMetrics()            # prometheus_client's default registry
@@ -65,7 +65,7 @@ class PrometheusMetrics:
         except ModuleNotFoundError:
             raise ModuleNotFoundError(
                 "PrometheusMetrics needs prometheus_client: pip install "
-                "'model-runner[metrics]'") from None
+                "'model-runner-client[metrics]'") from None
         registry = prom.REGISTRY if registry is None else registry
         self.registry = registry
         self._latency = prom.Histogram(f"{namespace}_call_latency_seconds",

@@ -113,7 +113,8 @@ async def test_an_answer_this_client_cannot_decode_is_not_the_model_s(
         for _ in range(4):
             result = (await coordinator.call("frame", models=["tool"]))[0]
             assert result.status is CallStatus.FAILURE
-            assert "not counted" in result.detail and "model-runner[dataframes]" in result.detail
+            assert "not counted" in result.detail
+            assert "model-runner-client[dataframes]" in result.detail
         monkeypatch.delitem(sys.modules, "pyarrow")
         for _ in range(3):
             await coordinator.call("predict", "BTC", 1, models=["raising"])

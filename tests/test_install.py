@@ -130,13 +130,13 @@ async def test_the_grpcio_client_loses_one_tick_to_a_hung_model_on_our_host(
 
 
 async def test_the_readme_upgrade_in_place(venv: Path) -> None:
-    """model-runner-client 0.14 leaves websockets 14; installing us must move it to what the
-    link needs, and the same coordinator must then tick on our package."""
+    """model-runner-client 0.14 leaves websockets 14; installing us over it (the same
+    distribution, 1.0.0) must replace it and move websockets to what the link needs, and the
+    same coordinator must then tick on our package."""
     assert installed(venv, "websockets") is not None
     assert int(installed(venv, "websockets").split(".")[0]) < 15  # type: ignore[union-attr]
-    pip(venv, "uninstall", "-y", "model-runner-client")
     pip(venv, "install", "-q", str(ROOT))
-    assert installed(venv, "model-runner") is not None
+    assert installed(venv, "model-runner-client") == "1.0.0"
     assert int(installed(venv, "websockets").split(".")[0]) >= 15  # type: ignore[union-attr]
     models = [ModelSpec(SUBMISSIONS / "good_tracker", "good-1"),
               ModelSpec(SUBMISSIONS / "good_tracker", "good-2")]

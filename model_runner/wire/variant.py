@@ -32,7 +32,8 @@ INT64_MAX = 2**63 - 1
 
 _DOUBLE = struct.Struct("<d")
 _INT = struct.Struct("<q")
-_DATAFRAMES_HINT = "install the dataframes extra: pip install 'model-runner[dataframes]'"
+_DATAFRAMES_HINT = ("install pyarrow and pandas: pip install 'model-runner-client[dataframes]' "
+                    "(a host alone: 'model-runner[dataframes]')")
 
 
 class VariantError(ValueError):
