@@ -122,14 +122,18 @@ def main() -> None:
             hosts = {"ours": stack.enter_context(our_hosts(NOOP, count)),
                      "0.4.2": stack.enter_context(old_hosts(options.old_host_python, NOOP,
                                                             count))}
-            hung = {"ours": stack.enter_context(our_hosts(HUNG, 1)),
-                    "0.4.2": stack.enter_context(old_hosts(options.old_host_python, HUNG, 1))}
             for with_hung in (False, True):
                 for client, python in clients.items():
                     for host in ("ours", "0.4.2"):
-                        ports = (hosts[host][:count - 1] + hung[host] if with_hung
-                                 else hosts[host])
-                        run = play(python, options.ticks, options.timeout, ports)
+                        with ExitStack() as hung_stack:
+                            # A fresh hung host each round: one a previous round left stuck
+                            # answers busy from the first call, and holds no tick at all.
+                            ports = hosts[host]
+                            if with_hung:
+                                hung = (our_hosts(HUNG, 1) if host == "ours"
+                                        else old_hosts(options.old_host_python, HUNG, 1))
+                                ports = ports[:count - 1] + hung_stack.enter_context(hung)
+                            run = play(python, options.ticks, options.timeout, ports)
                         records.append({"models": count, "hung": with_hung, "client": client,
                                         "host": host, **run})
                         print(count, with_hung, client, host, sum(run["durations"]),
