@@ -22,6 +22,7 @@ import pytest
 from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec
 from tests.deployment import CRUNCHER, HOTKEY, MODEL, Deployment, key_hash, wallet_address
 from tests.hosts import BASE, EXAMPLES, ROOT, SUBMISSIONS, TEST_SUBMISSIONS
+from tests.venvs import installed, pip
 
 pytestmark = [pytest.mark.install, pytest.mark.anyio]
 
@@ -36,22 +37,6 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=120)
     pip(folder, "install", "-q", OLD_CLIENT)
     return folder
-
-
-def pip(venv: Path, *args: str) -> str:
-    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", *args],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def installed(venv: Path, name: str) -> str | None:
-    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "show", name],
-                            capture_output=True, text=True, timeout=60)
-    for line in result.stdout.splitlines():
-        if line.startswith("Version:"):
-            return line.split(":", 1)[1].strip()
-    return None
 
 
 async def coordinate(venv: Path, port: int, crunch_id: str, ticks: int,
