@@ -9,7 +9,8 @@ same run.
 
 The attacks (tests/h2peer.py): rapid reset (HEADERS+RST_STREAM, CVE-2023-44487), PING and
 SETTINGS floods whose acks are never read, 1,100 connections that never send the preface, and
-streams held by a zero window (20 connections x 100 requests).
+streams held by a zero window (20 connections x 100 requests), and 200 connections (past the
+64-connection cap) each holding 100 or 10 streams behind a zero window.
 """
 
 from __future__ import annotations
@@ -77,9 +78,28 @@ def attacks(scale: float) -> dict[str, Any]:
             for attacker in attackers:
                 attacker.close()
 
+    def held_streams(per_connection: int) -> Any:
+        def run(port: int) -> str:
+            """Issue 22: connections well past the cap, each holding its streams behind a zero
+            window, never reading."""
+            attackers = []
+            try:
+                for _ in range(n(200)):
+                    attacker = h2peer.Attacker(port)
+                    attackers.append(attacker)
+                    attacker.open_streams(per_connection)
+                closed = sum(h2peer.is_closed_by_peer(a.sock, 0.001) for a in attackers)
+                return f"{closed} of {len(attackers)} connections closed by the host"
+            finally:
+                for attacker in attackers:
+                    attacker.close()
+        return run
+
     return {"rapid reset": rapid_reset, "PING flood": flood("ping"),
             "SETTINGS flood": flood("settings"), "silent connections": silent,
-            "zero-window streams": zero_window}
+            "zero-window streams": zero_window,
+            "200 conns x 100 held streams": held_streams(100),
+            "200 conns x 10 held streams": held_streams(10)}
 
 
 async def measure(name: str, attack: Any, loop: str, python: str | None) -> list[Any]:
@@ -109,12 +129,16 @@ def main() -> None:
     parser.add_argument("--baseline-python", default=None,
                         help="the Python of a venv with another version of this project, "
                              "whose host is attacked too, for comparison")
+    parser.add_argument("--attacks", nargs="+", default=None,
+                        help="run only the attacks whose names contain one of these words")
     parser.add_argument("--loops", nargs="+", default=["asyncio", "uvloop"],
                         help="event loops to run the host on (default: asyncio uvloop)")
     options = parser.parse_args()
     raise_file_limit()  # the attacker holds 1,100 sockets beside its health checks
     rows = []
     for name, attack in attacks(options.scale).items():
+        if options.attacks and not any(word in name for word in options.attacks):
+            continue
         for loop in options.loops:
             for python in [None, *([options.baseline_python]
                                    if options.baseline_python else [])]:

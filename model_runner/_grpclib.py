@@ -10,13 +10,19 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpclib.server
 from grpclib.protocol import EventsProcessor, H2Protocol
 from grpclib.server import Handler, Server
 from h2.errors import ErrorCodes
-from h2.events import PingReceived, RemoteSettingsChanged, StreamReset
+from h2.events import (
+    PingReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamReset,
+    WindowUpdated,
+)
 from h2.exceptions import ProtocolError
 
 __all__ = ["ConnectionLimits", "GuardedServer", "listening_sockets", "peer_certificate",
@@ -90,6 +96,15 @@ class ConnectionLimits:
     #: Bytes of output one connection may have buffered (answers wait for the peer to read;
     #: this catches what does not: control frames, and a peer that never reads).
     max_buffered_output: int = 8 * 1024 * 1024
+    #: Streams on one connection whose answers the peer's flow-control window holds back (a
+    #: zero window, announced or used up). Past it the connection is closed before its new
+    #: calls run: 200 connections x 100 such streams held health 6.3 s. A coordinator has a call
+    #: or two in flight per connection, with windows its HTTP/2 library grants as it reads.
+    max_stalled_streams: int = 16
+    #: Seconds a connection may hold answers back (a window it does not reopen, or output it
+    #: does not read) before it is closed; a call's deadline bounds it too, and a health check
+    #: has none.
+    stall_timeout: float = 20.0
 
 
 class _TokenBucket:
@@ -163,7 +178,9 @@ class _GuardedProtocol(H2Protocol):
         self._greeted = False  # the peer's preface and first SETTINGS arrived
         self._closed = False
         self._timer: asyncio.TimerHandle | None = None
-        self.last_active = time.monotonic()
+        self.opened = self.last_active = time.monotonic()
+        #: When the peer last let answers through (a window update, or reading our output).
+        self._output_moved = self.opened
 
     # connection lifecycle
 
@@ -195,6 +212,23 @@ class _GuardedProtocol(H2Protocol):
         """Whether the peer sent the HTTP/2 preface and its SETTINGS."""
         return self._greeted
 
+    def stalled_streams(self, new_streams: tuple[int, ...] = ()) -> int:
+        """Streams (in flight, or `new_streams` about to start) whose answers cannot go out:
+        the peer's window for them, or for the connection, is used up, or it does not read."""
+        if not self.connection.write_ready.is_set():
+            return self.calls + len(new_streams)
+        h2_connection = self.connection._connection
+        if h2_connection.outbound_flow_control_window <= 0:
+            return self.calls + len(new_streams)
+        window = h2_connection.local_flow_control_window
+        stalled = 0
+        for stream_id in (*self.processor.streams, *new_streams):
+            try:
+                stalled += window(stream_id) <= 0
+            except Exception:  # closed meanwhile: not held
+                pass
+        return stalled
+
     def _check_timers(self) -> None:
         if self._closed:
             return
@@ -209,7 +243,16 @@ class _GuardedProtocol(H2Protocol):
             logger.debug("closing a connection idle for %.0fs", idle_for)
             self.close(ErrorCodes.NO_ERROR)
             return
-        self._schedule(self._limits.idle_timeout - (idle_for if not self.busy else 0.0))
+        if not self.busy:
+            self._schedule(self._limits.idle_timeout - idle_for)
+            return
+        if not self.stalled_streams():
+            self._output_moved = now
+        elif now - self._output_moved >= self._limits.stall_timeout:
+            self._calm(f"answers held back by the peer for over {self._limits.stall_timeout:g}s"
+                       " (a flow-control window it does not reopen, or output it does not read)")
+            return
+        self._schedule(min(self._limits.idle_timeout, self._limits.stall_timeout / 4))
 
     def _schedule(self, delay: float) -> None:
         if self._timer is not None:
@@ -271,16 +314,25 @@ class _GuardedProtocol(H2Protocol):
             return
         limits = self._limits
         paused = not self.connection.write_ready.is_set()
+        requests: tuple[int, ...] = ()
+        # `type(event) is`: h2's events are final classes, and this runs for every frame.
         for event in events:
-            if isinstance(event, StreamReset) and event.remote_reset:
+            kind = type(event)
+            if kind is RequestReceived:
+                requests = (*requests, cast(RequestReceived, event).stream_id)
+            elif kind is WindowUpdated:
+                self._output_moved = self.last_active
+            elif kind is StreamReset and cast(StreamReset, event).remote_reset:
                 if not self._resets.take():
                     self._calm(f"more than {limits.reset_burst} stream resets at over "
                                f"{limits.reset_rate:g}/s (rapid reset)")
                     return
-            elif isinstance(event, RemoteSettingsChanged | PingReceived):
-                if not self._greeted and isinstance(event, RemoteSettingsChanged):
-                    self._greeted = True
-                    self._schedule(self._limits.idle_timeout)  # the handshake is over
+            elif kind is RemoteSettingsChanged or kind is PingReceived:
+                if kind is RemoteSettingsChanged:
+                    self._output_moved = self.last_active  # perhaps a wider window
+                    if not self._greeted:
+                        self._greeted = True
+                        self._schedule(self._limits.idle_timeout)  # the handshake is over
                 self._unread_acks += paused
                 if not self._controls.take():
                     self._calm(f"more than {limits.control_burst} PING/SETTINGS frames at over "
@@ -289,6 +341,20 @@ class _GuardedProtocol(H2Protocol):
         if self._unread_acks > limits.max_unread_acks:
             self._calm(f"over {limits.max_unread_acks} PING/SETTINGS acks it does not read")
             return
+        # Before the new calls run: a handler each would be spent on answers that cannot leave.
+        if self.calls + len(requests) > limits.max_stalled_streams and \
+                self.stalled_streams(requests) > limits.max_stalled_streams:
+            self._calm(f"over {limits.max_stalled_streams} streams whose answers its "
+                       "flow-control window holds back")
+            return
+        if requests and not self.busy:
+            self._output_moved = self.last_active  # the stall clock starts with the calls
+            # The timer checks stalls while calls are in flight; moved only when it is set for
+            # later (an idle connection's), not on every call (a TimerHandle per call cost +1%
+            # of a call's instructions, benchmarks/host_cost.py --instructions).
+            timer, check_in = self._timer, limits.stall_timeout / 4
+            if timer is None or timer.when() > asyncio.get_running_loop().time() + check_in:
+                self._schedule(check_in)
         self.connection.flush()
         for event in events:
             self.processor.process(event)
@@ -300,6 +366,7 @@ class _GuardedProtocol(H2Protocol):
 
     def resume_writing(self) -> None:
         self._unread_acks = 0
+        self._output_moved = time.monotonic()
         super().resume_writing()
 
 
@@ -318,27 +385,39 @@ class GuardedServer(Server):
         self._handlers.add(handler)
         return _GuardedProtocol(self, handler, self._config, self._h2_config)
 
+    #: Seconds a new connection is spared by the cap: it has not had the time to greet, or to
+    #: finish its first call (a health probe's connection lives a few milliseconds).
+    NEWCOMER_GRACE = 1.0
+
     def admit(self, protocol: _GuardedProtocol) -> None:
-        """Count a new connection; past the cap, make room by closing, in this order, the
-        longest-silent one that never sent the preface, the longest-idle one without a call in
-        flight, or the one holding the most calls: a new peer (the orchestrator's health probe)
-        always gets in, and a coordinator's connection holds a call or two, never the most."""
+        """Count a new connection; past the cap, make room by closing, in this order, the one
+        holding the most answers its peer does not let through, the longest-silent one that
+        never sent the preface, the longest-idle one without a call in flight, or the one
+        holding the most calls; connections younger than NEWCOMER_GRACE last. A new peer (the
+        orchestrator's health probe) always gets in, and is never the one closed for a peer that
+        holds stalled streams."""
         self._connections[protocol] = None
         if len(self._connections) <= self.limits.max_connections:
             return
+        now = time.monotonic()
         others = [c for c in self._connections if c is not protocol]
-        silent = [c for c in others if not c.greeted]
-        idle = [c for c in others if c.greeted and not c.busy]
-        if silent or idle:
+        settled = [c for c in others if now - c.opened >= self.NEWCOMER_GRACE] or others
+        stalled = [(count, c) for c in settled if c.busy and (count := c.stalled_streams())]
+        silent = [c for c in settled if not c.greeted]
+        idle = [c for c in settled if c.greeted and not c.busy]
+        if stalled:
+            victim, why = max(stalled, key=lambda pair: pair[0])[1], "stalled"
+        elif silent or idle:
             victim, why = min(silent or idle, key=lambda c: c.last_active), \
                 "silent" if silent else "idle"
         else:
-            victim, why = max(others, key=lambda c: c.calls), "busiest"
-        logger.log(logging.WARNING if why == "busiest" else logging.DEBUG,
+            victim, why = max(settled, key=lambda c: c.calls), "busiest"
+        logger.log(logging.DEBUG if why in ("silent", "idle") else logging.WARNING,
                    "over --max-connections %d: closing the %s connection, from %s",
                    self.limits.max_connections, why, victim.peer)
         self._connections.pop(victim, None)
-        victim.close(ErrorCodes.NO_ERROR if why != "busiest" else ErrorCodes.ENHANCE_YOUR_CALM)
+        victim.close(ErrorCodes.NO_ERROR if why in ("silent", "idle")
+                     else ErrorCodes.ENHANCE_YOUR_CALM)
 
     def forget(self, protocol: _GuardedProtocol) -> None:
         self._connections.pop(protocol, None)

@@ -217,9 +217,9 @@ def _parser() -> argparse.ArgumentParser:
     limits = ConnectionLimits()
     parser.add_argument("--max-connections", default=env("MAX_CONNECTIONS",
                                                           str(limits.max_connections)),
-                        help="connections open at once; past it the longest-idle one without "
-                             "a call in flight is closed (env MAX_CONNECTIONS; default "
-                             "%(default)s)")
+                        help="connections open at once; past it one holding answers its peer "
+                             "does not let through, else a silent, else an idle one is closed "
+                             "(env MAX_CONNECTIONS; default %(default)s)")
     parser.add_argument("--handshake-timeout", default=env("HANDSHAKE_TIMEOUT",
                                                             f"{limits.handshake_timeout:g}"),
                         help="seconds a new connection has for TLS and the HTTP/2 preface "
@@ -228,6 +228,16 @@ def _parser() -> argparse.ArgumentParser:
                                                        f"{limits.idle_timeout:g}"),
                         help="seconds a connection may stay without a call before it is closed "
                              "(env IDLE_TIMEOUT; default %(default)s)")
+    parser.add_argument("--max-stalled-streams", default=env(
+                            "MAX_STALLED_STREAMS", str(limits.max_stalled_streams)),
+                        help="streams on one connection whose answers the peer's flow-control "
+                             "window holds back; past it the connection is closed (env "
+                             "MAX_STALLED_STREAMS; default %(default)s)")
+    parser.add_argument("--stall-timeout", default=env("STALL_TIMEOUT",
+                                                        f"{limits.stall_timeout:g}"),
+                        help="seconds a connection may hold answers back (a window it does not "
+                             "reopen, output it does not read) before it is closed (env "
+                             "STALL_TIMEOUT; default %(default)s)")
     parser.add_argument("--max-call-seconds", default=env("MAX_CALL_SECONDS",
                                                            f"{limits.max_call_seconds:g}"),
                         help="the deadline of a call that sends none (env MAX_CALL_SECONDS; "
@@ -264,6 +274,9 @@ def build_config(argv: Sequence[str] | None = None) -> tuple[HostConfig, str]:
         max_connections=int(_positive("--max-connections", options.max_connections, int)),
         handshake_timeout=_positive("--handshake-timeout", options.handshake_timeout),
         idle_timeout=_positive("--idle-timeout", options.idle_timeout),
+        max_stalled_streams=int(_positive("--max-stalled-streams", options.max_stalled_streams,
+                                          int)),
+        stall_timeout=_positive("--stall-timeout", options.stall_timeout),
         max_call_seconds=_positive("--max-call-seconds", options.max_call_seconds))
     secure = _boolean("--secure", options.secure)
     claims = None

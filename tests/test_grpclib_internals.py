@@ -95,3 +95,27 @@ async def test_a_call_on_a_connection_closed_under_it_is_a_connection_error(
             real.close()
     finally:
         transport.close()
+
+
+def test_the_h2_events_the_host_compares_by_type_have_no_subclasses() -> None:
+    """model_runner/_grpclib.py dispatches h2's events with `type(event) is` (cheaper than
+    isinstance, on every frame): that holds while h2 does not subclass them."""
+    import h2.events
+
+    for event in (h2.events.RequestReceived, h2.events.WindowUpdated, h2.events.StreamReset,
+                  h2.events.RemoteSettingsChanged, h2.events.PingReceived):
+        assert event.__subclasses__() == [], event
+
+
+def test_the_h2_connection_window_reads_the_host_uses_exist() -> None:
+    """The stalled-stream bound reads h2's windows (outbound_flow_control_window,
+    local_flow_control_window) and grpclib's Connection._connection (its H2Connection)."""
+    import inspect
+
+    import grpclib.protocol
+    import h2.connection
+
+    connection = h2.connection.H2Connection()
+    assert isinstance(connection.outbound_flow_control_window, int)
+    assert callable(connection.local_flow_control_window)
+    assert "self._connection = connection" in inspect.getsource(grpclib.protocol.Connection)

@@ -114,29 +114,46 @@ async def test_silent_connections_are_closed_and_never_lock_out_health(
 
 
 async def test_streams_held_by_a_zero_window_are_bounded(loop_name: str) -> None:
-    """Connections full of answers the peer never lets through: capped in number; past the cap
-    the busiest is closed, so the orchestrator's probe still gets in."""
+    """Connections full of answers the peer never lets through: past --max-stalled-streams
+    one is closed before its calls run; under it they are capped in number, and past the cap
+    the stalled one is closed, so the orchestrator's probe still gets in."""
     host = start(loop_name, "--max-connections", "8")
     try:
         before = h2peer.rss_bytes(host.pid)
+        full = h2peer.Attacker(host.port)
+        assert not full.open_streams(100)  # closed (GOAWAY ENHANCE_YOUR_CALM) before answers
+        assert full.read_until_closed().closed
         attackers = []
         try:
             for _ in range(12):
                 attackers.append(h2peer.Attacker(host.port))
-                assert attackers[-1].open_streams(100)
+                assert attackers[-1].open_streams(10)
             assert await health("127.0.0.1", host.port) == 1
             closed = [a for a in attackers if h2peer.is_closed_by_peer(a.sock, 0.5)]
             assert len(closed) >= 4
             assert h2peer.rss_bytes(host.pid) - before < 60_000_000
-            one_too_many = h2peer.Attacker(host.port)
-            one_too_many.open_streams(101)  # h2 refuses the 101st: SETTINGS_MAX_CONCURRENT_STREAMS
-            assert one_too_many.read_until_closed().closed
         finally:
             for attacker in attackers:
                 attacker.close()
     finally:
         host.stop()
-    await until(lambda: "closing the busiest connection" in host.log)  # (read by a thread)
+    await until(lambda: "closing the stalled connection" in host.log)  # (read by a thread)
+    assert "streams whose answers its flow-control window holds back" in host.log
+
+
+async def test_stalled_streams_are_bounded_in_time(loop_name: str) -> None:
+    """A connection whose few streams stay held back by a window it never reopens is closed
+    after --stall-timeout (a health check has no deadline to end it)."""
+    host = start(loop_name, "--stall-timeout", "1")
+    try:
+        attacker = h2peer.Attacker(host.port)
+        assert attacker.open_streams(3)
+        started = time.monotonic()
+        assert attacker.read_until_closed(timeout=15).ended_with(ErrorCodes.ENHANCE_YOUR_CALM)
+        assert 0.9 < time.monotonic() - started < 10
+        assert await health("127.0.0.1", host.port) == 1
+    finally:
+        host.stop()
 
 
 async def test_calls_without_a_deadline_get_the_host_s_maximum(loop_name: str) -> None:
@@ -167,5 +184,34 @@ async def test_idle_connections_are_closed_with_goaway(loop_name: str) -> None:
         assert outcome.ended_with(ErrorCodes.NO_ERROR), outcome
         attacker.close()
         assert await health("127.0.0.1", host.port) == 1
+    finally:
+        host.stop()
+
+
+async def test_health_on_a_new_connection_stays_fast_while_hundreds_hold_stalled_streams(
+        loop_name: str) -> None:
+    """Issue 22: connections well past the cap, each announcing a zero window and opening its
+    100 streams, never reading. A health check from a fresh, well-behaved connection is answered
+    within 0.5 s every time (before: unanswered for 6.3 s, two failed), and memory stays bounded."""
+    host = start(loop_name)
+    try:
+        before = h2peer.rss_bytes(host.pid)
+        attackers: list[h2peer.Attacker] = []
+
+        def attack() -> None:
+            for _ in range(200):
+                attacker = h2peer.Attacker(host.port)
+                attackers.append(attacker)
+                attacker.open_streams(100)
+
+        try:
+            _, watch = await h2peer.while_watching(host.port, attack)
+            assert watch.failures == [], watch.failures
+            assert watch.checks >= 5, watch
+            assert watch.worst < 0.5, watch
+            assert h2peer.rss_bytes(host.pid) - before < 150_000_000
+        finally:
+            for attacker in attackers:
+                attacker.close()
     finally:
         host.stop()
