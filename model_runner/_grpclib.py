@@ -215,10 +215,9 @@ class _GuardedProtocol(H2Protocol):
     def stalled_streams(self, new_streams: tuple[int, ...] = ()) -> int:
         """Streams (in flight, or `new_streams` about to start) whose answers cannot go out:
         the peer's window for them, or for the connection, is used up, or it does not read."""
-        if not self.connection.write_ready.is_set():
-            return self.calls + len(new_streams)
         h2_connection = self.connection._connection
-        if h2_connection.outbound_flow_control_window <= 0:
+        if not self.connection.write_ready.is_set() or \
+                h2_connection.outbound_flow_control_window <= 0:
             return self.calls + len(new_streams)
         window = h2_connection.local_flow_control_window
         stalled = 0

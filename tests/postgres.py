@@ -41,11 +41,12 @@ class Postgres:
     port: int
     user: str
     folder: Path
+    bin_dir: Path
 
     def psql(self, database: str, sql: str, user: str | None = None) -> str:
         """`sql`'s rows, one per line, fields separated by '|'."""
         result = subprocess.run(
-            [str(binaries() / "psql"), "-h", self.host, "-p", str(self.port),
+            [str(self.bin_dir / "psql"), "-h", self.host, "-p", str(self.port),
              "-U", user or self.user, "-d", database, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
              "-c", sql],
             capture_output=True, text=True, timeout=60)
@@ -92,7 +93,8 @@ def postgres_server() -> Iterator[Postgres]:
     log = folder / "log"
     assert started.returncode == 0, started.stderr + (log.read_text() if log.exists() else "")
     try:
-        yield Postgres(host="127.0.0.1", port=port, user="postgres", folder=folder)
+        yield Postgres(host="127.0.0.1", port=port, user="postgres", folder=folder,
+                       bin_dir=bin_dir)
     finally:
         subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m",
                                         "immediate", "-w", "stop"]),

@@ -132,6 +132,9 @@ async def test_streams_held_by_a_zero_window_are_bounded(loop_name: str) -> None
             closed = [a for a in attackers if h2peer.is_closed_by_peer(a.sock, 0.5)]
             assert len(closed) >= 4
             assert h2peer.rss_bytes(host.pid) - before < 60_000_000
+            one_too_many = h2peer.Attacker(host.port)
+            one_too_many.open_streams(101)  # h2 refuses the 101st: SETTINGS_MAX_CONCURRENT_STREAMS
+            assert one_too_many.read_until_closed().closed
         finally:
             for attacker in attackers:
                 attacker.close()
