@@ -15,6 +15,8 @@ Setup and health are answered as a host would; Call behaves by MODE:
 - `bad-utf8-message`: grpc-status 13 with a grpc-message that is not UTF-8.
 - `ping-flood`: answers, then floods PINGs and reads nothing more.
 - `trickle`: answers in one-byte DATA frames, slowly, never finishing (a loop hog).
+- `tiny-frames`: answers in one-byte DATA frames as fast as it can (a thousand per write),
+  never finishing: it spends the client's CPU, not its own.
 - `heavy-setup`: answers Setup with ~4 MiB (under the client's limit) of one status field
   repeated: betterproto2 took 4.5 s of the client's loop to parse it, protobuf 14 ms.
 - `slow-setup`: holds every Setup for SLOW_SETUP seconds; Call answers with the most Setups
@@ -144,6 +146,10 @@ class Host(asyncio.Protocol):
         elif self.mode == "trickle":
             self.h2.send_headers(stream_id, OK_HEADERS)
             self.spawn(self.trickle(stream_id))
+        elif self.mode == "tiny-frames":
+            self.h2.send_headers(stream_id, OK_HEADERS)
+            self.flush()
+            self.spawn(self.tiny_frames(stream_id))
 
     def spawn(self, coroutine: object) -> None:
         task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
@@ -200,6 +206,17 @@ class Host(asyncio.Protocol):
             except Exception:  # the client reset the stream
                 return
             self.flush()
+            await asyncio.sleep(0)
+
+
+    async def tiny_frames(self, stream_id: int) -> None:
+        """DATA frames of one byte written raw, 1,000 per write: h2 would refuse to exceed the
+        client's window, which the client reopens as it reads (1,000 bytes a write, under the
+        65,535 it grants)."""
+        frame = b"\x00\x00\x01\x00\x00" + stream_id.to_bytes(4, "big") + b"\x00"
+        while self.transport is not None and not self.transport.is_closing():
+            if self.transport.get_write_buffer_size() < 65536:
+                self.transport.write(frame * 1000)
             await asyncio.sleep(0)
 
 

@@ -111,6 +111,29 @@ async def test_hosts_trickling_bytes_cost_honest_models_nothing(transport: str) 
         server.kill()
 
 
+async def test_a_host_sending_tiny_frames_costs_honest_models_nothing(transport: str) -> None:
+    """Issue 22: one host answering in one-byte DATA frames as fast as it can, beside 30 honest
+    ones answering in 0.6 s of a 1 s deadline: on grpclib every honest verdict was TIMEOUT on
+    every tick (the client spent 13 s of CPU in 10 ticks); on ngh2 none."""
+    server, port = start_script("fast_server.py", "--delay", "0.6")
+    try:
+        with hostile("tiny-frames") as bad_port:
+            client = address_client(models_at(port, 30, "honest-") + models_at(bad_port, 1, "bad-"),
+                                    timeout=1.0, max_consecutive_timeouts=100)
+            async with client:
+                await client.wait_for_models(31, timeout=30)
+                for tick in range(10):
+                    started = time.monotonic()
+                    results = await client.call("predict")
+                    took = time.monotonic() - started
+                    honest = [r for r in results if r.model_id.startswith("honest")]
+                    assert all(r.ok for r in honest), (tick, [r.detail for r in honest
+                                                              if not r.ok])
+                    assert took < 1.0 + 0.5, (tick, took)
+    finally:
+        server.kill()
+
+
 async def test_a_heavy_setup_answer_does_not_hold_the_loop() -> None:
     """A Setup answered with ~4 MiB of one field repeated (valid, under the 4 MiB limit) held the
     client's loop 4.5 s in betterproto2's parser, and every tick with it; protobuf's C parser

@@ -119,3 +119,28 @@ def test_the_h2_connection_window_reads_the_host_uses_exist() -> None:
     assert isinstance(connection.outbound_flow_control_window, int)
     assert callable(connection.local_flow_control_window)
     assert "self._connection = connection" in inspect.getsource(grpclib.protocol.Connection)
+
+
+def test_h2_parses_every_frame_through_the_frame_buffer_the_client_budgets() -> None:
+    """transports/grpclib.py replaces H2Connection.incoming_buffer with a FrameBuffer whose
+    `_update_header_buffer` (called once per parsed frame, CONTINUATION included) spends the
+    connection's FrameBudget."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.frame_buffer import FrameBuffer
+
+    seen: list[object] = []
+
+    class Counting(FrameBuffer):
+        def _update_header_buffer(self, f: Any) -> Any:
+            seen.append(f)
+            return super()._update_header_buffer(f)
+
+    connection = H2Connection(H2Configuration(client_side=True))
+    connection.initiate_connection()
+    assert isinstance(connection.incoming_buffer, FrameBuffer)
+    connection.incoming_buffer = Counting(server=False)
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00"
+    connection.receive_data(settings + ping + b"\x00" * 8)
+    assert len(seen) == 2

@@ -29,12 +29,14 @@ from grpclib.protocol import EventsProcessor, H2Protocol
 from h2.connection import ConnectionInputs, ConnectionState
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError as H2ProtocolError
+from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import Frame
 
 from ..models import ModelEndpoint
 from ..transport_security import ConnectionSecurity
 from .call import Call, grpc_timeout, read_answer
 
-__all__ = ["CLOSED_STREAMS_KEPT", "GrpclibTransport"]
+__all__ = ["CLOSED_STREAMS_KEPT", "FrameBudget", "GrpclibTransport"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,82 @@ CLOSED_STREAMS_KEPT = 128
 #: PING and SETTINGS acks queued while the host does not read (nghttp2's max_outbound_ack).
 MAX_UNREAD_ACKS = 1000
 _USER_AGENT = "model-runner-client (grpclib)"
+
+
+class FrameBudget:
+    """How many HTTP/2 frames a host may send on one connection. h2 parses each frame in Python
+    (tens of µs), whatever its size: one host answering in one-byte DATA frames, on a stream
+    it keeps flooding after the call was reset, turned all 30 honest verdicts beside it into
+    TIMEOUT on every tick (tests/test_client_transports_hostile.py). An honest host sends a
+    few frames per call (headers, DATA in its library's chunks, trailers, window updates) and
+    few between calls (acks, keepalives): each open call grants PER_CALL frames and its answer
+    one per KiB delivered; FREE frames refill over REFILL_SECONDS. A connection that spends
+    past its grants is closed. Pure: the caller passes the clock."""
+
+    FREE = 256
+    PER_CALL = 16
+    BYTES_PER_FRAME = 1024
+    REFILL_SECONDS = 10.0
+
+    __slots__ = ("open_calls", "refilled", "tokens")
+
+    def __init__(self, now: float) -> None:
+        self.tokens = float(self.FREE)
+        self.open_calls = 0
+        self.refilled = now
+
+    def opened(self) -> None:
+        self.open_calls += 1
+        self.tokens += self.PER_CALL
+
+    def ended(self) -> None:
+        """A call ended: what it was granted and did not use goes (an idle connection holds
+        FREE frames at most, however many calls it made)."""
+        self.open_calls -= 1
+        self.tokens = min(self.tokens, self.FREE + self.PER_CALL * self.open_calls)
+
+    def delivered(self, size: int) -> None:
+        """`size` bytes of a call's answer arrived (bounded by the call's size limit)."""
+        self.tokens += size / self.BYTES_PER_FRAME
+
+    def spend(self, now: float) -> bool:
+        """One frame arrived; False once the host sent more than it was granted."""
+        self.tokens -= 1
+        if self.tokens >= 0:
+            return True
+        ceiling = self.FREE + self.PER_CALL * self.open_calls
+        refill = (now - self.refilled) * self.FREE / self.REFILL_SECONDS
+        self.refilled = now
+        self.tokens = min(self.tokens + refill, ceiling - 1.0)
+        if self.tokens >= 0:
+            return True
+        self.tokens += 1  # a refused frame is not charged
+        return False
+
+
+class _FrameFlood(H2ProtocolError):
+    """Raised inside h2's parse loop, which answers a ProtocolError with GOAWAY (this code)."""
+
+    error_code = ErrorCodes.ENHANCE_YOUR_CALM
+
+
+class _BudgetedFrameBuffer(FrameBuffer):
+    """h2's frame buffer, spending the connection's FrameBudget on every frame it parses
+    (CONTINUATION frames included, which h2 merges into one HEADERS event)."""
+
+    def __init__(self, budget: FrameBudget) -> None:
+        super().__init__(server=False)
+        self.budget = budget
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        if not self.budget.spend(time.monotonic()):
+            raise _FrameFlood(
+                "the host sent more HTTP/2 frames than its calls need (tiny DATA frames, "
+                "frames on reset streams or a HEADERS flood), which spends the client's CPU: "
+                "the connection is closed; the host's HTTP/2 library must send an answer in "
+                f"few frames (at most {FrameBudget.PER_CALL} per call beyond one per "
+                f"{FrameBudget.BYTES_PER_FRAME} bytes)")
+        return super()._update_header_buffer(f)
 
 
 class _GrpclibCall(Call):
@@ -63,10 +141,12 @@ class _CallProcessor(EventsProcessor):
     taken (and their flow-control window returned) as they arrive, and its call settled when
     its trailers do."""
 
-    def __init__(self, handler: Any, connection: Any, on_control: Callable[[], None]) -> None:
+    def __init__(self, handler: Any, connection: Any, on_control: Callable[[], None],
+                 budget: FrameBudget) -> None:
         super().__init__(handler, connection)
         #: Told of each PING or SETTINGS from the host (each needs an ack).
         self.on_control = on_control
+        self.budget = budget
         self.calls: dict[int, _GrpclibCall] = {}
         self.releases: dict[int, Any] = {}
         self.going_away = False
@@ -75,12 +155,15 @@ class _CallProcessor(EventsProcessor):
         self.calls[stream.id] = call
         self.releases[stream.id] = release
         call.stream, call.processor = stream, self
+        self.budget.opened()
 
     def forget(self, stream_id: int) -> _GrpclibCall | None:
         call = self.calls.pop(stream_id, None)
         release = self.releases.pop(stream_id, None)
         if release is not None:
             release()
+        if call is not None:
+            self.budget.ended()
         if self.going_away and not self.calls:
             self.close("the host is going away (GOAWAY)")
         return call
@@ -110,6 +193,7 @@ class _CallProcessor(EventsProcessor):
         self.connection.data_received += len(event.data)
         call = self.calls.get(event.stream_id)
         if call is not None:
+            self.budget.delivered(len(event.data))
             error = call.feed(event.data)
             if error is not None:
                 self.fail(event.stream_id, error)
@@ -160,8 +244,8 @@ class _CallProcessor(EventsProcessor):
 
 
 class _Protocol(H2Protocol):
-    """grpclib's client protocol with our events processor, a bounded record of closed streams
-    and a bound on acks the host does not read."""
+    """grpclib's client protocol with our events processor, a bounded record of closed streams,
+    a bound on acks the host does not read and a budget of frames (FrameBudget)."""
 
     def connection_made(self, transport: BaseTransport) -> None:
         super().connection_made(transport)
@@ -177,8 +261,31 @@ class _Protocol(H2Protocol):
         machine._transitions = {**machine._transitions, (
             ConnectionState.CLIENT_OPEN, ConnectionInputs.RECV_GOAWAY): (
             None, ConnectionState.CLIENT_OPEN)}
+        budget = FrameBudget(time.monotonic())
+        h2_connection.incoming_buffer = _BudgetedFrameBuffer(budget)
         self._unread_acks = 0
-        self.processor = _CallProcessor(self.handler, self.connection, self._count_unread_ack)
+        self.processor = _CallProcessor(self.handler, self.connection, self._count_unread_ack,
+                                        budget)
+
+    def data_received(self, data: bytes) -> None:
+        # grpclib's, with the reason kept (it says 'Protocol error' whatever h2 refused) and
+        # the connection aborted rather than closed: a host that broke HTTP/2 gets our GOAWAY
+        # (h2 queued it) and nothing more, even if it reads nothing.
+        try:
+            events = self.connection.feed(data)
+        except H2ProtocolError as exc:
+            self.connection.flush()
+            reason = str(exc) if isinstance(exc, _FrameFlood) else \
+                f"the host broke HTTP/2: {type(exc).__name__}: {exc}"
+            logger.info("closing a connection: %s", reason)
+            transport: Any = self.connection._transport
+            transport.abort()
+            self.processor.close(reason)
+            return
+        self.connection.flush()
+        for event in events:
+            self.processor.process(event)
+        self.connection.flush()
 
     def _count_unread_ack(self) -> None:
         if not self.connection.write_ready.is_set():  # paused: the host reads nothing
