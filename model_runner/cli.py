@@ -7,6 +7,7 @@ Bad options exit non-zero with one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import resource
@@ -440,6 +441,8 @@ async def _serve(config: HostConfig) -> None:
         logger.info("has_gpu=%s main_file=%s resource_directory=%s (options of existing "
                     "deployments; they change nothing here)", config.has_gpu, config.main_file,
                     config.resource_directory)
+        # Which loop eventloop.run chose (MODEL_RUNNER_UVLOOP=0 keeps asyncio's).
+        logger.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
         # What `model-runner check` finds without running the submission; the host still
         # serves, as the deployed host does (Setup will say what fails).
         for problem in static_findings(config.code_directory):

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 
 from model_runner_client.transports import TRANSPORTS
 from tests.deployment import Deployment
-from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess
+from tests.hosts import HOST_LOOPS, SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, loop_env, until_sync
 from tests.peer import Peer
 
 settings.register_profile("default", deadline=None,
@@ -44,6 +44,22 @@ def _module_host(code_directory: Path) -> Any:
 
 
 toolbox_host = _module_host(TEST_SUBMISSIONS / "toolbox")
+
+
+@pytest.fixture(params=HOST_LOOPS, scope="module")
+def host_loop(request: pytest.FixtureRequest) -> str:
+    """Runs a module's tests once per event loop the host can run on."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def toolbox_host_on_each_loop(host_loop: str) -> Iterator[HostProcess]:
+    """The toolbox host on asyncio, then on uvloop (the attacks against the host run on both)."""
+    process = HostProcess(TEST_SUBMISSIONS / "toolbox", "--log-level", "INFO",
+                          env=loop_env(host_loop)).start()
+    until_sync(lambda: f"event loop: {host_loop}" in process.log)
+    yield process
+    process.stop()
 good_host = _module_host(SUBMISSIONS / "good_tracker")
 raising_host = _module_host(SUBMISSIONS / "raising_tracker")
 bad_host = _module_host(SUBMISSIONS / "no_subclass")

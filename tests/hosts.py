@@ -35,6 +35,16 @@ TEST_SUBMISSIONS = ROOT / "tests" / "submissions"
 BASE = "starter_challenge.tracker.TrackerBase"
 
 
+#: The event loops a host runs on (MODEL_RUNNER_UVLOOP picks one; tests against the host's
+#: defences run on each).
+HOST_LOOPS = ("asyncio", "uvloop")
+
+
+def loop_env(loop: str) -> dict[str, str]:
+    """The host's environment for one of HOST_LOOPS."""
+    return {"MODEL_RUNNER_UVLOOP": "1" if loop == "uvloop" else "0"}
+
+
 def host_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return host_environment([EXAMPLES], extra)
 

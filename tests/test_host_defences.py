@@ -9,13 +9,21 @@ benchmarks/host_floods.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from h2.errors import ErrorCodes
 
 from tests import h2peer
-from tests.hosts import TEST_SUBMISSIONS, HostProcess, call, health, set_up, until
+from tests.hosts import (
+    TEST_SUBMISSIONS,
+    HostProcess,
+    call,
+    health,
+    loop_env,
+    set_up,
+    until,
+    until_sync,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -24,21 +32,15 @@ TOOLBOX = TEST_SUBMISSIONS / "toolbox"
 HEALTH_BOUND = 1.0
 
 
-@pytest.fixture(params=["asyncio", "uvloop"], scope="module")
-def loop_name(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def start(loop_name: str, *args: str) -> HostProcess:
-    env = {"MODEL_RUNNER_UVLOOP": "1" if loop_name == "uvloop" else "0"}
-    return HostProcess(TOOLBOX, "--log-level", "INFO", *args, env=env).start()
+def start(host_loop: str, *args: str) -> HostProcess:
+    process = HostProcess(TOOLBOX, "--log-level", "INFO", *args, env=loop_env(host_loop)).start()
+    until_sync(lambda: f"event loop: {host_loop}" in process.log)
+    return process
 
 
 @pytest.fixture(scope="module")
-def host(loop_name: str) -> Iterator[HostProcess]:
-    process = start(loop_name)
-    yield process
-    process.stop()
+def host(toolbox_host_on_each_loop: HostProcess) -> HostProcess:
+    return toolbox_host_on_each_loop
 
 
 async def test_rapid_reset_is_cut_off(host: HostProcess) -> None:
@@ -96,8 +98,8 @@ async def test_resets_under_the_limit_are_released() -> None:
 
 
 async def test_silent_connections_are_closed_and_never_lock_out_health(
-        loop_name: str) -> None:
-    host = start(loop_name, "--handshake-timeout", "1", "--max-connections", "16")
+        host_loop: str) -> None:
+    host = start(host_loop, "--handshake-timeout", "1", "--max-connections", "16")
     try:
         sockets = h2peer.silent_connections(host.port, 100)
         try:
@@ -113,11 +115,11 @@ async def test_silent_connections_are_closed_and_never_lock_out_health(
         host.stop()
 
 
-async def test_streams_held_by_a_zero_window_are_bounded(loop_name: str) -> None:
+async def test_streams_held_by_a_zero_window_are_bounded(host_loop: str) -> None:
     """Connections full of answers the peer never lets through: past --max-stalled-streams
     one is closed before its calls run; under it they are capped in number, and past the cap
     the stalled one is closed, so the orchestrator's probe still gets in."""
-    host = start(loop_name, "--max-connections", "8")
+    host = start(host_loop, "--max-connections", "8")
     try:
         before = h2peer.rss_bytes(host.pid)
         full = h2peer.Attacker(host.port)
@@ -144,10 +146,10 @@ async def test_streams_held_by_a_zero_window_are_bounded(loop_name: str) -> None
     assert "streams whose answers its flow-control window holds back" in host.log
 
 
-async def test_stalled_streams_are_bounded_in_time(loop_name: str) -> None:
+async def test_stalled_streams_are_bounded_in_time(host_loop: str) -> None:
     """A connection whose few streams stay held back by a window it never reopens is closed
     after --stall-timeout (a health check has no deadline to end it)."""
-    host = start(loop_name, "--stall-timeout", "1")
+    host = start(host_loop, "--stall-timeout", "1")
     try:
         attacker = h2peer.Attacker(host.port)
         assert attacker.open_streams(3)
@@ -159,8 +161,8 @@ async def test_stalled_streams_are_bounded_in_time(loop_name: str) -> None:
         host.stop()
 
 
-async def test_calls_without_a_deadline_get_the_host_s_maximum(loop_name: str) -> None:
-    host = start(loop_name, "--max-call-seconds", "1")
+async def test_calls_without_a_deadline_get_the_host_s_maximum(host_loop: str) -> None:
+    host = start(host_loop, "--max-call-seconds", "1")
     try:
         from grpclib.const import Status
         from grpclib.exceptions import GRPCError
@@ -178,8 +180,8 @@ async def test_calls_without_a_deadline_get_the_host_s_maximum(loop_name: str) -
         host.stop()
 
 
-async def test_idle_connections_are_closed_with_goaway(loop_name: str) -> None:
-    host = start(loop_name, "--idle-timeout", "1")
+async def test_idle_connections_are_closed_with_goaway(host_loop: str) -> None:
+    host = start(host_loop, "--idle-timeout", "1")
     try:
         attacker = h2peer.Attacker(host.port)
         attacker.greet()
@@ -192,11 +194,11 @@ async def test_idle_connections_are_closed_with_goaway(loop_name: str) -> None:
 
 
 async def test_health_on_a_new_connection_stays_fast_while_hundreds_hold_stalled_streams(
-        loop_name: str) -> None:
+        host_loop: str) -> None:
     """Issue 22: connections well past the cap, each announcing a zero window and opening its
     100 streams, never reading. A health check from a fresh, well-behaved connection is answered
     within 0.5 s every time (before: unanswered for 6.3 s, two failed), and memory stays bounded."""
-    host = start(loop_name)
+    host = start(host_loop)
     try:
         before = h2peer.rss_bytes(host.pid)
         attackers: list[h2peer.Attacker] = []

@@ -65,10 +65,10 @@ async def send_raw(channel: Channel, body: bytes) -> bytes:
 
 @settings(max_examples=150)
 @given(bodies=st.lists(raw_bodies, min_size=1, max_size=4))
-def test_arbitrary_call_requests_get_a_status(toolbox_host: HostProcess,
+def test_arbitrary_call_requests_get_a_status(toolbox_host_on_each_loop: HostProcess,
                                               bodies: list[bytes]) -> None:
     async def scenario() -> None:
-        channel = Channel("127.0.0.1", toolbox_host.port, codec=PassthroughCodec())
+        channel = Channel("127.0.0.1", toolbox_host_on_each_loop.port, codec=PassthroughCodec())
         try:
             await set_up(DynamicSubclassServiceStub(channel))
             for body in bodies:
@@ -88,13 +88,14 @@ def test_arbitrary_call_requests_get_a_status(toolbox_host: HostProcess,
             channel.close()
 
     asyncio.run(scenario())
-    assert toolbox_host.proc is not None and toolbox_host.proc.poll() is None
+    host = toolbox_host_on_each_loop
+    assert host.proc is not None and host.proc.poll() is None
 
 
 @pytest.mark.anyio
-async def test_lying_length_prefix_is_refused(toolbox_host: HostProcess) -> None:
+async def test_lying_length_prefix_is_refused(toolbox_host_on_each_loop: HostProcess) -> None:
     """A prefix claiming 4 GiB is refused from the prefix alone, before any body arrives."""
-    channel = Channel("127.0.0.1", toolbox_host.port)
+    channel = Channel("127.0.0.1", toolbox_host_on_each_loop.port)
     try:
         async with channel.request(CALL_PATH, Cardinality.UNARY_UNARY, CallRequest, CallResponse,
                                    timeout=10) as stream:
@@ -128,11 +129,11 @@ HOSTILE_BODIES = {
 @pytest.mark.anyio
 @pytest.mark.parametrize("case", sorted(HOSTILE_BODIES))
 async def test_large_hostile_requests_are_cheap_and_never_block_health(
-        toolbox_host: HostProcess, case: str) -> None:
+        toolbox_host_on_each_loop: HostProcess, case: str) -> None:
     """Read and refused in well under a second, while health (on another connection) keeps
     answering promptly."""
-    channel = Channel("127.0.0.1", toolbox_host.port, codec=PassthroughCodec())
-    prober = Channel("127.0.0.1", toolbox_host.port)
+    channel = Channel("127.0.0.1", toolbox_host_on_each_loop.port, codec=PassthroughCodec())
+    prober = Channel("127.0.0.1", toolbox_host_on_each_loop.port)
     latencies: list[float] = []
     sending = True
 
@@ -166,9 +167,9 @@ async def test_large_hostile_requests_are_cheap_and_never_block_health(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("type_,value", [(3, b"\xff\xfe"), (6, b'"\xff"'), (6, b"[\xc3]")])
-async def test_invalid_utf8_arguments_are_invalid_argument(toolbox_host: HostProcess,
+async def test_invalid_utf8_arguments_are_invalid_argument(toolbox_host_on_each_loop: HostProcess,
                                                            type_: int, value: bytes) -> None:
-    channel = Channel("127.0.0.1", toolbox_host.port, codec=PassthroughCodec())
+    channel = Channel("127.0.0.1", toolbox_host_on_each_loop.port, codec=PassthroughCodec())
     try:
         await set_up(DynamicSubclassServiceStub(channel))
         body = bytes(CallRequest(method_name="echo", method_arguments=[

@@ -59,13 +59,14 @@ def poke(host: HostProcess, data: bytes, *, read: bool = True) -> None:
 
 @settings(max_examples=60)
 @given(st.binary(min_size=1, max_size=512) | st.binary(max_size=64).map(lambda b: PREFACE + b))
-def test_random_bytes(toolbox_host: HostProcess, data: bytes) -> None:
-    poke(toolbox_host, data, read=False)
-    assert toolbox_host.proc is not None and toolbox_host.proc.poll() is None
+def test_random_bytes(toolbox_host_on_each_loop: HostProcess, data: bytes) -> None:
+    poke(toolbox_host_on_each_loop, data, read=False)
+    host = toolbox_host_on_each_loop
+    assert host.proc is not None and host.proc.poll() is None
 
 
-def test_random_bytes_leave_the_host_healthy(toolbox_host: HostProcess) -> None:
-    healthy(toolbox_host)
+def test_random_bytes_leave_the_host_healthy(toolbox_host_on_each_loop: HostProcess) -> None:
+    healthy(toolbox_host_on_each_loop)
 
 
 @pytest.mark.parametrize("data", [
@@ -77,14 +78,15 @@ def test_random_bytes_leave_the_host_healthy(toolbox_host: HostProcess) -> None:
     PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + b"\x00\x40\x00\x01\x00\x00\x00\x01",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,  # a TLS hello on plaintext
 ])
-def test_malformed_protocol_input(toolbox_host: HostProcess, data: bytes) -> None:
-    poke(toolbox_host, data)
-    healthy(toolbox_host)
+def test_malformed_protocol_input(toolbox_host_on_each_loop: HostProcess, data: bytes) -> None:
+    poke(toolbox_host_on_each_loop, data)
+    healthy(toolbox_host_on_each_loop)
 
 
 @pytest.mark.anyio
-async def test_deeply_nested_json_and_large_messages(toolbox_host: HostProcess) -> None:
-    async with toolbox_host.channel() as channel:
+async def test_deeply_nested_json_and_large_messages(
+        toolbox_host_on_each_loop: HostProcess) -> None:
+    async with toolbox_host_on_each_loop.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)
         await set_up(stub)
         nested = Variant(type=VariantType.JSON, value=b"[" * 200_000 + b"]" * 200_000)
@@ -97,19 +99,20 @@ async def test_deeply_nested_json_and_large_messages(toolbox_host: HostProcess) 
             Argument(position=0, data=Variant(type=VariantType.STRING, value=text.encode()))]),
             timeout=30)
         assert decode_variant(response.method_response) == text
-    await check_healthy(toolbox_host)
+    await check_healthy(toolbox_host_on_each_loop)
 
 
-def test_a_thousand_idle_connections(toolbox_host: HostProcess) -> None:
+def test_a_thousand_idle_connections(toolbox_host_on_each_loop: HostProcess) -> None:
     idle: list[socket.socket] = []
     try:
         for i in range(1000):
-            sock = socket.create_connection(("127.0.0.1", toolbox_host.port), timeout=5)
+            sock = socket.create_connection(("127.0.0.1", toolbox_host_on_each_loop.port),
+                                            timeout=5)
             if i % 2:
                 sock.sendall(PREFACE)  # half of them start HTTP/2 and go quiet
             idle.append(sock)
-        healthy(toolbox_host)
+        healthy(toolbox_host_on_each_loop)
     finally:
         for sock in idle:
             sock.close()
-    healthy(toolbox_host)
+    healthy(toolbox_host_on_each_loop)

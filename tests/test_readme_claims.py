@@ -126,9 +126,11 @@ def test_model_runner_uvloop_0_keeps_the_default_loop(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.anyio
+@pytest.mark.usefixtures("transport")
 async def test_at_most_64_models_are_set_up_at_once() -> None:
     """200 models on a host that holds each Setup 0.3 s: they all get set up, never more than
-    64 Setups at once (the host counts them across its connections), and not one by one."""
+    64 Setups at once (the host counts them across its connections), and not one by one; on
+    each transport."""
     with hostile("slow-setup") as port:
         async with address_client(models_at(port, 200), setup_timeout=20) as client:
             await client.wait_for_models(200, timeout=60)
