@@ -17,6 +17,12 @@ Setup and health are answered as a host would; Call behaves by MODE:
 - `trickle`: answers in one-byte DATA frames, slowly, never finishing (a loop hog).
 - `tiny-frames`: answers in one-byte DATA frames as fast as it can (a thousand per write),
   never finishing: it spends the client's CPU, not its own.
+- `headers-flood`: informational HEADERS (`:status 100`, which HTTP/2 allows any number of
+  before the answer), 1,000 per write, never answering.
+- `continuation-flood`: a HEADERS frame without END_HEADERS, then empty CONTINUATION frames,
+  1,000 per write: a header block that never ends.
+- `endless-trailers`: the answer, then trailers whose header block never ends (CONTINUATION
+  frames of one header field each, 1,000 per write).
 - `heavy-setup`: answers Setup with ~4 MiB (under the client's limit) of one status field
   repeated: betterproto2 took 4.5 s of the client's loop to parse it, protobuf 14 ms.
 - `slow-setup`: holds every Setup for SLOW_SETUP seconds; Call answers with the most Setups
@@ -45,6 +51,21 @@ ANSWER = framed(bytes(CallResponse(status=Status(code="SUCCESS"),
                                    method_response=encode_value(1.0))))
 SETUP = framed(bytes(SetupResponse(status=Status(code="SUCCESS"))))
 HEALTH = framed(HealthCheckResponse(status=HealthCheckResponse.SERVING).SerializeToString())
+END_STREAM, END_HEADERS = 0x1, 0x4
+#: HPACK header blocks written raw (literal fields, without indexing; :status is the static
+#: table's name 8): `:status: 100`, `:status: 200`, `grpc-status: 0`, `x-pad: p`.
+STATUS_100 = b"\x08\x03100"
+STATUS_200 = b"\x88"
+GRPC_STATUS_0 = b"\x00\x0bgrpc-status\x010"
+PAD_FIELD = b"\x00\x05x-pad\x01p"
+
+
+def raw_frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    """One HTTP/2 frame as bytes (RFC 9113 section 4.1), for what h2 would refuse to send."""
+    return (len(payload).to_bytes(3, "big") + bytes([kind, flags])
+            + stream_id.to_bytes(4, "big") + payload)
+
+
 OK_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 SLOW_SETUP = 0.3
 #: The status field { code: "SUCCESS" } repeated to ~4 MiB: a valid SetupResponse.
@@ -149,7 +170,20 @@ class Host(asyncio.Protocol):
         elif self.mode == "tiny-frames":
             self.h2.send_headers(stream_id, OK_HEADERS)
             self.flush()
-            self.spawn(self.tiny_frames(stream_id))
+            # One-byte DATA frames written raw: h2 would refuse to exceed the client's window,
+            # which the client reopens as it reads (1,000 bytes a write, under its 65,535).
+            self.spawn(self.flood(raw_frame(0x0, 0, stream_id, b"\x00")))
+        elif self.mode == "headers-flood":
+            self.spawn(self.flood(raw_frame(0x1, END_HEADERS, stream_id, STATUS_100)))
+        elif self.mode == "continuation-flood":
+            self.spawn(self.flood(raw_frame(0x9, 0, stream_id, b""),
+                                  first=raw_frame(0x1, 0, stream_id, STATUS_200)))
+        elif self.mode == "endless-trailers":
+            self.h2.send_headers(stream_id, OK_HEADERS)
+            self.h2.send_data(stream_id, ANSWER)
+            self.flush()
+            self.spawn(self.flood(raw_frame(0x9, 0, stream_id, PAD_FIELD),
+                                  first=raw_frame(0x1, END_STREAM, stream_id, GRPC_STATUS_0)))
 
     def spawn(self, coroutine: object) -> None:
         task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
@@ -209,12 +243,12 @@ class Host(asyncio.Protocol):
             await asyncio.sleep(0)
 
 
-    async def tiny_frames(self, stream_id: int) -> None:
-        """DATA frames of one byte written raw, 1,000 per write: h2 would refuse to exceed the
-        client's window, which the client reopens as it reads (1,000 bytes a write, under the
-        65,535 it grants)."""
-        frame = b"\x00\x00\x01\x00\x00" + stream_id.to_bytes(4, "big") + b"\x00"
-        while self.transport is not None and not self.transport.is_closing():
+    async def flood(self, frame: bytes, *, first: bytes = b"") -> None:
+        """`first`, then `frame` 1,000 times a write as fast as the client reads, until the
+        connection closes: it costs the client's CPU, not this host's."""
+        assert self.transport is not None
+        self.transport.write(first)
+        while not self.transport.is_closing():
             if self.transport.get_write_buffer_size() < 65536:
                 self.transport.write(frame * 1000)
             await asyncio.sleep(0)

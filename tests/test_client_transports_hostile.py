@@ -93,10 +93,13 @@ async def test_a_host_flooding_pings_it_never_reads_loses_its_connection(
 
 
 async def honest_beside_hostile(mode: str, hostile_models: int, delay: float, ticks: int,
-                                longest_tick: float | None = None) -> None:
+                                longest_tick: float | None = None,
+                                most_cpu_per_tick: float | None = None) -> list[str]:
     """30 honest models answering after `delay` of a 1 s deadline beside `hostile_models` of
     tests/hostile_host.py in `mode`: every honest verdict is SUCCESS on every tick, and each
-    tick takes under `longest_tick` seconds when given."""
+    tick takes under `longest_tick` seconds and `most_cpu_per_tick` of this process's CPU when
+    given. Returns the hostile models' details, tick after tick."""
+    details: list[str] = []
     server, port = start_script("fast_server.py", "--delay", str(delay))
     try:
         with hostile(mode) as bad_port:
@@ -106,16 +109,20 @@ async def honest_beside_hostile(mode: str, hostile_models: int, delay: float, ti
             async with client:
                 await client.wait_for_models(30 + hostile_models, timeout=30)
                 for tick in range(ticks):
-                    started = time.monotonic()
+                    started, cpu = time.monotonic(), time.process_time()
                     results = await client.call("predict")
-                    took = time.monotonic() - started
+                    took, spent = time.monotonic() - started, time.process_time() - cpu
                     honest = [r for r in results if r.model_id.startswith("honest")]
                     assert all(r.ok for r in honest), (tick, [r.detail for r in honest
                                                               if not r.ok])
                     if longest_tick is not None:
                         assert took < longest_tick, (tick, took)
+                    if most_cpu_per_tick is not None:
+                        assert spent < most_cpu_per_tick, (tick, spent)
+                    details += [r.detail for r in results if r.model_id.startswith("bad")]
     finally:
         server.kill()
+    return details
 
 
 async def test_hosts_trickling_bytes_cost_honest_models_nothing(transport: str) -> None:
@@ -131,6 +138,23 @@ async def test_a_host_sending_tiny_frames_costs_honest_models_nothing(transport:
     every tick (the client spent 13 s of CPU in 10 ticks); on ngh2 none."""
     await honest_beside_hostile("tiny-frames", hostile_models=1, delay=0.6, ticks=10,
                                 longest_tick=1.0 + 0.5)
+
+
+@pytest.mark.parametrize(("mode", "reason"), [
+    ("headers-flood", "more http/2 frames than its calls need"),
+    ("continuation-flood", "continuation"),
+    ("endless-trailers", "continuation"),
+])
+async def test_a_host_flooding_header_frames_loses_its_connection(transport: str, mode: str,
+                                                                  reason: str) -> None:
+    """Issue 22: a host sending endless informational HEADERS, a header block that never ends,
+    or trailers that never end, beside 30 honest ones: its connection is closed with the
+    reason, and the client spends little CPU on it. Endless `:status 100` HEADERS cost the ngh2
+    transport 0.65-0.83 s of CPU per tick (each is an event in Python), before its frame
+    budget."""
+    details = await honest_beside_hostile(mode, hostile_models=1, delay=0.6, ticks=4,
+                                          longest_tick=1.0 + 0.5, most_cpu_per_tick=0.25)
+    assert any(reason in detail.lower() for detail in details), details
 
 
 async def test_a_heavy_setup_answer_does_not_hold_the_loop() -> None:

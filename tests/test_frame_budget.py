@@ -1,9 +1,9 @@
-"""FrameBudget (transports/grpclib.py), the pure rule that closes a grpclib connection whose
-host sends more frames than its calls need."""
+"""FrameBudget (transports/call.py), the pure rule that closes a connection, on either
+transport, whose host sends more frames than its calls need."""
 
 from __future__ import annotations
 
-from model_runner_client.transports.grpclib import FrameBudget
+from model_runner_client.transports.call import FrameBudget
 
 
 def spend(budget: FrameBudget, frames: int, now: float = 0.0) -> int:

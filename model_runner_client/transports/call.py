@@ -20,7 +20,7 @@ from grpclib.exceptions import GRPCError
 from ..transport_security import ConnectionSecurity, peer_spki
 from . import ResponseTooLarge
 
-__all__ = ["Call", "frame", "grpc_status", "grpc_timeout", "read_answer"]
+__all__ = ["Call", "FrameBudget", "frame", "grpc_status", "grpc_timeout", "read_answer"]
 
 # gRPC's mapping of HTTP statuses that carry no grpc-status (gRPC over HTTP/2, "HTTP to gRPC").
 _HTTP_TO_GRPC = {400: GrpcStatus.INTERNAL, 401: GrpcStatus.UNAUTHENTICATED,
@@ -148,3 +148,61 @@ def read_answer(call: Call, security: ConnectionSecurity) -> bytes:
         raise ConnectionResetError(f"the answer was cut short: {len(call.data) - 5} of "
                                    f"{call.length} bytes")
     return bytes(call.data[5:5 + call.length])
+
+
+class FrameBudget:
+    """How many HTTP/2 frames a host may send on one connection. Each costs the client Python
+    work whatever its size: h2 parses every frame in Python (tens of µs), and ngh2 makes an
+    event of each (`:status 100` HEADERS, which HTTP/2 allows any number of, cost 0.65-0.83 s
+    of CPU per tick). One host answering in one-byte DATA frames, on a stream it kept flooding
+    after the call was reset, turned all 30 honest verdicts beside it into TIMEOUT on every
+    tick on grpclib (tests/test_client_transports_hostile.py). An honest host sends a few
+    frames per call (headers, DATA in its library's chunks, trailers, window updates) and few
+    between calls (acks, keepalives): each open call grants PER_CALL frames and its answer one
+    per KiB delivered; FREE frames refill over REFILL_SECONDS. A connection that spends past
+    its grants is closed (with EXCEEDED). Pure: the caller passes the clock."""
+
+    FREE = 256
+    PER_CALL = 16
+    BYTES_PER_FRAME = 1024
+    REFILL_SECONDS = 10.0
+    EXCEEDED = (
+        "the host sent more HTTP/2 frames than its calls need (tiny DATA frames, frames on "
+        "reset streams or a HEADERS flood), which spends the client's CPU: the connection is "
+        "closed; the host's HTTP/2 library must send an answer in few frames (at most "
+        f"{PER_CALL} per call beyond one per {BYTES_PER_FRAME} bytes)")
+
+    __slots__ = ("open_calls", "refilled", "tokens")
+
+    def __init__(self, now: float) -> None:
+        self.tokens = float(self.FREE)
+        self.open_calls = 0
+        self.refilled = now
+
+    def opened(self) -> None:
+        self.open_calls += 1
+        self.tokens += self.PER_CALL
+
+    def ended(self) -> None:
+        """A call ended: what it was granted and did not use goes (an idle connection holds
+        FREE frames at most, however many calls it made)."""
+        self.open_calls -= 1
+        self.tokens = min(self.tokens, self.FREE + self.PER_CALL * self.open_calls)
+
+    def delivered(self, size: int) -> None:
+        """`size` bytes of a call's answer arrived (bounded by the call's size limit)."""
+        self.tokens += size / self.BYTES_PER_FRAME
+
+    def spend(self, now: float) -> bool:
+        """One frame arrived; False once the host sent more than it was granted."""
+        self.tokens -= 1
+        if self.tokens >= 0:
+            return True
+        ceiling = self.FREE + self.PER_CALL * self.open_calls
+        refill = (now - self.refilled) * self.FREE / self.REFILL_SECONDS
+        self.refilled = now
+        self.tokens = min(self.tokens + refill, ceiling - 1.0)
+        if self.tokens >= 0:
+            return True
+        self.tokens += 1  # a refused frame is not charged
+        return False

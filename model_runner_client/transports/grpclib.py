@@ -34,9 +34,9 @@ from hyperframe.frame import Frame
 
 from ..models import ModelEndpoint
 from ..transport_security import ConnectionSecurity
-from .call import Call, grpc_timeout, read_answer
+from .call import Call, FrameBudget, grpc_timeout, read_answer
 
-__all__ = ["CLOSED_STREAMS_KEPT", "FrameBudget", "GrpclibTransport"]
+__all__ = ["CLOSED_STREAMS_KEPT", "GrpclibTransport"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,57 +47,6 @@ CLOSED_STREAMS_KEPT = 128
 #: PING and SETTINGS acks queued while the host does not read (nghttp2's max_outbound_ack).
 MAX_UNREAD_ACKS = 1000
 _USER_AGENT = "model-runner-client (grpclib)"
-
-
-class FrameBudget:
-    """How many HTTP/2 frames a host may send on one connection. h2 parses each frame in Python
-    (tens of µs), whatever its size: one host answering in one-byte DATA frames, on a stream
-    it keeps flooding after the call was reset, turned all 30 honest verdicts beside it into
-    TIMEOUT on every tick (tests/test_client_transports_hostile.py). An honest host sends a
-    few frames per call (headers, DATA in its library's chunks, trailers, window updates) and
-    few between calls (acks, keepalives): each open call grants PER_CALL frames and its answer
-    one per KiB delivered; FREE frames refill over REFILL_SECONDS. A connection that spends
-    past its grants is closed. Pure: the caller passes the clock."""
-
-    FREE = 256
-    PER_CALL = 16
-    BYTES_PER_FRAME = 1024
-    REFILL_SECONDS = 10.0
-
-    __slots__ = ("open_calls", "refilled", "tokens")
-
-    def __init__(self, now: float) -> None:
-        self.tokens = float(self.FREE)
-        self.open_calls = 0
-        self.refilled = now
-
-    def opened(self) -> None:
-        self.open_calls += 1
-        self.tokens += self.PER_CALL
-
-    def ended(self) -> None:
-        """A call ended: what it was granted and did not use goes (an idle connection holds
-        FREE frames at most, however many calls it made)."""
-        self.open_calls -= 1
-        self.tokens = min(self.tokens, self.FREE + self.PER_CALL * self.open_calls)
-
-    def delivered(self, size: int) -> None:
-        """`size` bytes of a call's answer arrived (bounded by the call's size limit)."""
-        self.tokens += size / self.BYTES_PER_FRAME
-
-    def spend(self, now: float) -> bool:
-        """One frame arrived; False once the host sent more than it was granted."""
-        self.tokens -= 1
-        if self.tokens >= 0:
-            return True
-        ceiling = self.FREE + self.PER_CALL * self.open_calls
-        refill = (now - self.refilled) * self.FREE / self.REFILL_SECONDS
-        self.refilled = now
-        self.tokens = min(self.tokens + refill, ceiling - 1.0)
-        if self.tokens >= 0:
-            return True
-        self.tokens += 1  # a refused frame is not charged
-        return False
 
 
 class _FrameFlood(H2ProtocolError):
@@ -116,12 +65,7 @@ class _BudgetedFrameBuffer(FrameBuffer):
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         if not self.budget.spend(time.monotonic()):
-            raise _FrameFlood(
-                "the host sent more HTTP/2 frames than its calls need (tiny DATA frames, "
-                "frames on reset streams or a HEADERS flood), which spends the client's CPU: "
-                "the connection is closed; the host's HTTP/2 library must send an answer in "
-                f"few frames (at most {FrameBudget.PER_CALL} per call beyond one per "
-                f"{FrameBudget.BYTES_PER_FRAME} bytes)")
+            raise _FrameFlood(FrameBudget.EXCEEDED)
         return super()._update_header_buffer(f)
 
 

@@ -9,7 +9,8 @@ grpclib (pure-Python h2, hpack, hyperframe) and the grpcio client ~145 µs (benc
 One connection per model, opened on the first call and again after it is lost or the host sent
 GOAWAY; a connection the host sent GOAWAY on finishes the calls it took, then is closed (aborted
 if the host reads nothing). ngh2 queues streams beyond the host's MAX_CONCURRENT_STREAMS itself.
-A host that floods PING or SETTINGS and reads none of the acks loses the connection.
+A host that floods PING or SETTINGS and reads none of the acks loses the connection, as does one
+that sends more frames than its calls need (FrameBudget: ngh2 makes a Python event of each).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from grpclib.exceptions import GRPCError
 
 from ..models import ModelEndpoint
 from ..transport_security import ConnectionSecurity
-from .call import Call, grpc_timeout, read_answer
+from .call import Call, FrameBudget, grpc_timeout, read_answer
 
 __all__ = ["Ngh2Transport"]
 
@@ -69,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._unread_acks = 0
         self._pumping = False
+        self.budget = FrameBudget(time.monotonic())
         self._handlers: dict[type, Callable[[Any], None]] = {
             ngh2.ResponseReceived: self._on_response,
             ngh2.DataReceived: self._on_data,
@@ -129,7 +131,11 @@ class _Connection(asyncio.Protocol):
                 events = self.h2.events()
                 if not events:
                     break
+                now, budget = time.monotonic(), self.budget
                 for event in events:
+                    if not budget.spend(now):
+                        self._flooded()
+                        return
                     handler = handlers.get(type(event))
                     if handler is not None:
                         handler(event)
@@ -141,6 +147,7 @@ class _Connection(asyncio.Protocol):
         stream_id = self.h2.send_request(headers)
         self.h2.send_data(stream_id, message, end_stream=True)
         self.calls[stream_id] = call
+        self.budget.opened()
         call.connection, call.stream_id, call.transport = self, stream_id, self.transport
         self.flush()
 
@@ -148,6 +155,7 @@ class _Connection(asyncio.Protocol):
         """Forget a stream whose caller gave up, and tell the host (RST_STREAM CANCEL)."""
         if self.calls.pop(stream_id, None) is None:
             return
+        self.budget.ended()
         if not self.done:
             try:
                 self.h2.reset_stream(stream_id, ngh2.ErrorCode.CANCEL)
@@ -155,6 +163,15 @@ class _Connection(asyncio.Protocol):
             except ngh2.NGH2Error:
                 pass  # the stream closed meanwhile
         self._close_if_drained()
+
+    def _flooded(self) -> None:
+        """The host spent its FrameBudget: GOAWAY ENHANCE_YOUR_CALM, then the connection ends."""
+        logger.warning("closing a connection: %s", FrameBudget.EXCEEDED)
+        self.h2.terminate_connection(ngh2.ErrorCode.ENHANCE_YOUR_CALM)
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+        self.abort(ConnectionError(FrameBudget.EXCEEDED))
 
     def abort(self, error: Exception) -> None:
         self.done = True
@@ -200,6 +217,7 @@ class _Connection(asyncio.Protocol):
         call = self.calls.get(event.stream_id)
         if call is None:
             return
+        self.budget.delivered(len(event.data))
         error = call.feed(event.data)
         if error is not None:
             self._fail(event.stream_id, error)
@@ -247,6 +265,7 @@ class _Connection(asyncio.Protocol):
 
     def _settle(self, stream_id: int, call: _Call) -> None:
         del self.calls[stream_id]
+        self.budget.ended()
         call.settle()
         self._close_if_drained()
 
@@ -260,6 +279,7 @@ class _Connection(asyncio.Protocol):
     def _fail_all(self, error: BaseException) -> None:
         calls, self.calls = self.calls, {}
         for call in calls.values():
+            self.budget.ended()
             call.fail(error)
 
 
