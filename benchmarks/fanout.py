@@ -3,7 +3,11 @@ on each transport, with and without uvloop, against the existing grpcio-based cl
 same run, against the same servers.
 
     python -m benchmarks.fanout [--sizes 100 300 1000 5000] [--rounds 2] [--servers 2]
-        [--old-python PATH]
+        [--old-python PATH] [--baseline CHECKOUT] [--variants NAME ...]
+
+`--baseline` drives the client of another checkout of this project too (`git worktree add
+/tmp/before COMMIT`), in the same rounds, as rows named "... @baseline", and adds the ratio
+of each row to its baseline row: a change's cost on the honest path, measured in one run.
 
 Each client runs in a process of its own (benchmarks/fanout_driver.py, and
 benchmarks/old_client_driver.py in the venv where `model-runner-client` is installed: its import
@@ -127,6 +131,12 @@ def main() -> None:
     parser.add_argument("--old-python", default=os.environ.get("OLD_CLIENT_PYTHON"),
                         help="the Python of a venv with model-runner-client==0.14.0, the "
                              "baseline every ratio is against (env OLD_CLIENT_PYTHON)")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of this project whose client is driven too, in the "
+                             "same rounds (its rows end in @baseline)")
+    parser.add_argument("--variants", nargs="+",
+                        help="only these client rows (default: all): 'ngh2 (default)', "
+                             "'grpclib', 'ngh2 + uvloop', 'grpclib + uvloop'")
     options = parser.parse_args()
 
     available = sorted(os.sched_getaffinity(0))
@@ -139,7 +149,13 @@ def main() -> None:
         variants["grpclib + uvloop"] = ["--transport", "grpclib", "--uvloop"]
     else:
         print("uvloop is not installed (pip install -e '.[uvloop]'): its rows are left out")
+    if options.variants:
+        variants = {name: flags for name, flags in variants.items() if name in options.variants}
     env = host_environment([ROOT])
+    checkouts = {"": (ROOT, env)}
+    if options.baseline is not None:
+        checkouts[" @baseline"] = (options.baseline.resolve(),
+                                   host_environment([options.baseline.resolve()]))
     old_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     script = "fast_server.py" if options.server == "ngh2" else "bare_server.py"
@@ -154,9 +170,11 @@ def main() -> None:
             ticks = ticks_for(n)
             for _ in range(options.rounds):
                 for name, flags in variants.items():
-                    rows[name][n].append(drive(
-                        [sys.executable, "-m", "benchmarks.fanout_driver", "--n", str(n),
-                         "--ticks", str(ticks), *flags, *ports], client_cpus, env, ROOT))
+                    for suffix, (checkout, checkout_env) in checkouts.items():
+                        rows[name + suffix][n].append(drive(
+                            [sys.executable, "-m", "benchmarks.fanout_driver", "--n", str(n),
+                             "--ticks", str(ticks), *flags, *ports], client_cpus,
+                            checkout_env, checkout))
                 if options.old_python:
                     rows[OLD][n].append(drive(
                         [options.old_python, str(BENCH / "old_client_driver.py"), str(n),
@@ -180,23 +198,31 @@ def main() -> None:
             runs = by_n[n]
             errors = [r["error"] for r in runs if "error" in r]
             if errors:
-                table_rows.append([n, name, f"failed: {errors[0][:60]}", "", "", "", "", "", ""])
+                table_rows.append([n, name, f"failed: {errors[0][:60]}", "", "", "", "", "", "",
+                                   ""])
                 continue
             times = [t for r in runs for t in r["times"]]
             tick, cpu = median(times), median([r["cpu_per_call_us"] for r in runs])
             rss = median([r["peak_rss_mb"] for r in runs])
             ok = min(r["ok"] for r in runs)
+            base = rows.get(name + " @baseline", {}).get(n)
+            if base and "error" not in base[0]:
+                against_baseline = (f"{tick / median([t for r in base for t in r['times']]):.2f}"
+                                    f" / {cpu / median([r['cpu_per_call_us'] for r in base]):.2f}")
+            else:
+                against_baseline = "-"
             table_rows.append([
                 n, name, tick * 1000, percentile(times, 0.9) * 1000, cpu, rss, f"{ok}/{n}",
                 f"{tick / old_tick:.2f}" if old_tick else "-",
                 f"{cpu / old_cpu:.2f}" if old_cpu else "-",
-                f"{rss / old_rss:.2f}" if old_rss else "-"])
+                f"{rss / old_rss:.2f}" if old_rss else "-", against_baseline])
     print(f"tick = one predict to every model; {options.servers} bare {options.server} servers; "
           f"client on "
           f"CPU {sorted(client_cpus)}, servers on {sorted(server_cpus)}; {options.rounds} "
           "interleaved rounds; warm-up ticks excluded; ratios against the grpcio client")
     print(table(["N", "client", "median ms", "p90 ms", "CPU µs/call", "peak RSS MB", "SUCCESS",
-                 "tick ratio", "CPU ratio", "RSS ratio"], table_rows))
+                 "tick ratio", "CPU ratio", "RSS ratio", "tick / CPU vs @baseline"],
+                table_rows))
     if options.rounds < 3:
         print(f"\nWARNING: {options.rounds} round(s) per size on a shared 2-core machine: one "
               "round at N=100 once gave 1.69x where three gave 0.60x. Use --rounds 3 or more "
