@@ -66,6 +66,10 @@ class ModelRunner:
     """
 
     class ErrorType(Enum):
+        """model-runner-client 0.14.0's names for why a runner failed: kept because coordinators
+        import it (`ModelRunner.ErrorType`); nothing here produces it (reports carry
+        ReportCode)."""
+
         GRPC_CONNECTION_FAILED = "GRPC_CONNECTION_FAILED"
         FAILED = "FAILED"
         BAD_IMPLEMENTATION = "BAD_IMPLEMENTATION"
@@ -105,6 +109,8 @@ ArgumentsType: TypeAlias = (Callable[[DynamicSubclassModelRunner], ArgsAndKwargs
 @dataclass
 class ModelPredictResult:
     class Status(Enum):
+        """0.14.0's statuses, as coordinators compare them (CallStatus is the new API's)."""
+
         SUCCESS = "SUCCESS"
         FAILED = "FAILED"
         TIMEOUT = "TIMEOUT"

@@ -13,12 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .outcomes import Kind, Outcome
+from .outcomes import MEANING, Kind, Outcome
 
 __all__ = ["Mistake", "attribute"]
-
-#: Outcomes in which the model answered (what "every model that answered" looks at).
-_ANSWERED = {Kind.SUCCESS, Kind.MODEL_FAILURE, Kind.NEEDS_SETUP, Kind.MISSING_METHOD}
 
 
 @dataclass(frozen=True)
@@ -39,7 +36,7 @@ def attribute(method: str, outcomes: Sequence[Outcome]) -> tuple[list[Outcome], 
             "unreachable", f"all {len(result)} models were unreachable in this call: the "
                            "coordinator's network is likely down; not counting it against the "
                            "models")
-    answered = [o for o in result if o.kind in _ANSWERED]
+    answered = [o for o in result if MEANING[o.kind].answered]
     if answered and all(o.kind is Kind.MISSING_METHOD for o in answered):
         detail = (f"not counted: no model that answered has a method {method!r}; check the "
                   "method name in the coordinator's call")

@@ -38,7 +38,8 @@ class ModelEvent:
 
 
 class ReportCode(StrEnum):
-    """Why a model is reported to the orchestrator (which stops it, and may quarantine it)."""
+    """Why a model is reported to the orchestrator (which stops it, and may quarantine it): the
+    orchestrator protocol's codes, spelled as it reads them."""
 
     #: No usable class, or its constructor raised (Setup).
     BAD_IMPLEMENTATION = "BAD_IMPLEMENTATION"

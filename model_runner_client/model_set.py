@@ -22,9 +22,9 @@ import anyio
 
 from .connection import ModelConnection
 from .models import ModelEndpoint
-from .policy import Streaks
+from .policy import Check, Streaks
 
-__all__ = ["Check", "ModelSet", "Slot", "SlotState", "UnknownModelError"]
+__all__ = ["ModelSet", "Slot", "SlotState", "UnknownModelError"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +42,13 @@ class UnknownModelError(KeyError):
 
 
 class SlotState(Enum):
+    """Where a model is in its life in this client (above): what the registry writes and the
+    tick reads to decide whom to call."""
+
     SETTING_UP = "setting up"
     READY = "ready"
     CHECKING = "checking"
     GONE = "gone"
-
-
-class Check(Enum):
-    """What the failure policy asks a slot's supervisor to do."""
-
-    #: After a timeout: is the host still there and holding the model?
-    PROBE = "probe"
-    #: The host lost its instance (FAILED_PRECONDITION): Setup again.
-    SETUP = "setup"
 
 
 @dataclass(eq=False)

@@ -23,24 +23,27 @@ from model_runner.wire.variant import check_value
 
 from .encoding import ResultDecoder
 from .models import ModelEndpoint
+from .policy import Check, Counted
 from .results import CallStatus, DeferredOutput
 from .transport_security import UntrustedHost
 from .transports import ResponseTooLarge
 
-__all__ = ["Kind", "Outcome", "outcome_of_error", "read_answer", "read_health_answer",
-           "read_setup_answer", "setup_outcome_of_error"]
+__all__ = ["MEANING", "Kind", "Meaning", "Outcome", "SetupEnd", "outcome_of_error",
+           "read_answer", "read_health_answer", "read_setup_answer", "setup_outcome_of_error"]
 
 logger = logging.getLogger(__name__)
 
 
 class Kind(Enum):
-    """Why a call (a model call, a Setup, a health probe) ended as it did: the policy, the
-    reports, the results, the metrics and the old API all read this, and nothing else."""
+    """Why a call (a model call, a Setup, a health probe) ended as it did. What each means to
+    the policy, the blame, Setup and the results is its row in MEANING, below; the metrics
+    label calls with it."""
 
     SUCCESS = "success"
     MODEL_FAILURE = "model failure"
     #: The host lost its model instance (FAILED_PRECONDITION: it restarted): Setup must run
-    #: again. Not answered, as when unreachable: the model did nothing wrong.
+    #: again. Counted as a timeout (the model itself did nothing wrong), though the host
+    #: answered.
     NEEDS_SETUP = "needs setup"
     TIMEOUT = "timeout"
     #: The host answered at once that the model is still running an earlier call, one whose
@@ -73,16 +76,68 @@ class Kind(Enum):
     MISSING_BASE_CLASS = "missing base class"
 
 
-#: The status a coordinator sees for each way a call can end.
-_STATUS_OF = {Kind.SUCCESS: CallStatus.SUCCESS, Kind.MODEL_FAILURE: CallStatus.FAILURE,
-              Kind.NEEDS_SETUP: CallStatus.TIMEOUT, Kind.REFUSED: CallStatus.FAILURE,
-              Kind.UNTRUSTED: CallStatus.FAILURE, Kind.MISSING_METHOD: CallStatus.FAILURE,
-              Kind.COORDINATOR: CallStatus.FAILURE, Kind.CLIENT_BUG: CallStatus.FAILURE,
-              Kind.MISSING_BASE_CLASS: CallStatus.FAILURE, Kind.TIMEOUT: CallStatus.TIMEOUT,
-              Kind.BUSY: CallStatus.TIMEOUT,
-              Kind.UNREACHABLE: CallStatus.TIMEOUT, Kind.NOT_SENT: CallStatus.TIMEOUT,
-              Kind.SKIPPED: CallStatus.TIMEOUT, Kind.SETTING_UP: CallStatus.TIMEOUT,
-              Kind.LEFT: CallStatus.FAILURE}
+class SetupEnd(Enum):
+    """What a Setup that ended so (after its retries), or the check after a timeout, does to
+    the model (registry.py)."""
+
+    READY = "ready: called from the next tick"
+    BAD_IMPLEMENTATION = "disconnected, reported BAD_IMPLEMENTATION"
+    CONNECTION_FAILED = "disconnected, reported CONNECTION_FAILED"
+    #: The submission's fault if another host imports it, else likely base_classname:
+    #: reports.py holds the report back until it knows.
+    BASE_CLASS = "disconnected; reported BAD_IMPLEMENTATION once some host imports the class"
+    #: The coordinator's token, certificates, base class or arguments.
+    CONFIGURATION = "disconnected, not counted, logged as an error"
+    NOT_COUNTED = "disconnected, not counted"
+
+
+class Meaning(NamedTuple):
+    """What one Kind means, to everything that decides (one row of MEANING)."""
+
+    #: What the coordinator sees.
+    status: CallStatus
+    #: The model answered and its answer was read (blame.py: "no model that answered has this
+    #: method" looks at these).
+    answered: bool
+    #: What a call ending so does to the model's streaks (policy.py).
+    counted: Counted
+    #: The check the model's supervisor runs after such a call, unless it is disconnected.
+    then: Check | None
+    #: A Setup ending so is tried again (supervision.py).
+    setup_retried: bool
+    #: What a Setup ending so, after its retries, does to the model.
+    setup_end: SetupEnd
+
+
+_S, _F, _T = CallStatus.SUCCESS, CallStatus.FAILURE, CallStatus.TIMEOUT
+_LOST = SetupEnd.CONNECTION_FAILED  # nothing a model host says answered, however often tried
+
+#: Every Kind's meaning, as data (h11-style): the failure policy, the blame across models, the
+#: Setup retries, the registry and the results read this and decide nothing else about a Kind.
+#: Kinds a Setup never ends in (SKIPPED, LEFT, ...) say what it would do.
+MEANING: dict[Kind, Meaning] = {
+    # Meaning(status, answered, counted, then, setup_retried, setup_end)
+    Kind.SUCCESS: Meaning(_S, True, Counted.SUCCESS, None, False, SetupEnd.READY),
+    Kind.MODEL_FAILURE: Meaning(_F, True, Counted.FAILURE, None, False,
+                                SetupEnd.BAD_IMPLEMENTATION),
+    Kind.MISSING_METHOD: Meaning(_F, True, Counted.FAILURE, None, False, _LOST),
+    Kind.NEEDS_SETUP: Meaning(_T, True, Counted.LOST_INSTANCE, Check.SETUP, False, _LOST),
+    Kind.TIMEOUT: Meaning(_T, False, Counted.TIMEOUT, Check.PROBE, True, _LOST),
+    Kind.UNREACHABLE: Meaning(_T, False, Counted.UNREACHABLE, Check.PROBE, True, _LOST),
+    Kind.BUSY: Meaning(_T, False, Counted.BUSY, None, True, _LOST),
+    Kind.NOT_SENT: Meaning(_T, False, Counted.NOTHING, None, False, _LOST),
+    Kind.SKIPPED: Meaning(_T, False, Counted.NOTHING, None, False, _LOST),
+    Kind.SETTING_UP: Meaning(_T, False, Counted.NOTHING, None, False, _LOST),
+    Kind.LEFT: Meaning(_F, False, Counted.NOTHING, None, False, _LOST),
+    Kind.UNTRUSTED: Meaning(_F, False, Counted.UNTRUSTED, None, False,
+                            SetupEnd.CONNECTION_FAILED),
+    Kind.REFUSED: Meaning(_F, False, Counted.NOTHING, None, False, SetupEnd.CONFIGURATION),
+    Kind.COORDINATOR: Meaning(_F, False, Counted.NOTHING, None, False,
+                              SetupEnd.CONFIGURATION),
+    Kind.CLIENT_BUG: Meaning(_F, False, Counted.NOTHING, None, True, SetupEnd.NOT_COUNTED),
+    Kind.MISSING_BASE_CLASS: Meaning(_F, False, Counted.NOTHING, None, False,
+                                     SetupEnd.BASE_CLASS),
+}
 
 
 class Outcome(NamedTuple):
@@ -96,7 +151,7 @@ class Outcome(NamedTuple):
 
     @property
     def status(self) -> CallStatus:
-        return _STATUS_OF[self.kind]
+        return MEANING[self.kind].status
 
 
 # gRPC statuses that mean "did not answer in time" rather than "answered wrongly". Existing

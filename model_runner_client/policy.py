@@ -20,10 +20,42 @@ call returns, which resets the streak.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from .events import ReportCode
 
-__all__ = ["Streaks"]
+__all__ = ["Check", "Counted", "Streaks"]
+
+
+class Counted(Enum):
+    """What one call's outcome does to its model's streaks (the outcome table in outcomes.py
+    gives each Kind one of these)."""
+
+    SUCCESS = "resets the streaks: the model answered"
+    FAILURE = "one more failure of the method called"
+    TIMEOUT = "one more timeout: calls are skipped while cooling down"
+    #: A timeout in which nothing answered: a streak of only these is CONNECTION_FAILED.
+    UNREACHABLE = "one more timeout in which nothing answered"
+    #: It cost the tick nothing: no cooling down (see above).
+    BUSY = "one more timeout, without cooling down"
+    #: The host restarted and lost the instance (a host that keeps restarting ends reported
+    #: MULTIPLE_TIMEOUT).
+    LOST_INSTANCE = "one more timeout: the host has no instance"
+    #: The host is not the cruncher's: never called again.
+    UNTRUSTED = "disconnects the model at once, reported CONNECTION_FAILED"
+    #: Our credentials, the coordinator's call, a bug of ours, our bound on calls in flight,
+    #: or no call at all: never the model's doing.
+    NOTHING = "not counted"
+
+
+class Check(Enum):
+    """What the failure policy asks a slot's supervisor to do after a call (the outcome table
+    says after which)."""
+
+    #: After a timeout: is the host still there and holding the model?
+    PROBE = "probe"
+    #: The host lost its instance (FAILED_PRECONDITION): Setup again.
+    SETUP = "setup"
 
 
 @dataclass
@@ -49,6 +81,21 @@ class Streaks:
         """Forget every streak, as if the model had just joined."""
         self.failures.clear()
         self.timeouts = self.skips_left = self.unreachable = 0
+
+    def count(self, method: str, counted: Counted) -> ReportCode | None:
+        """Record a call of `method` that ended as `counted`; returns the report code if the
+        model must be disconnected."""
+        if counted is Counted.SUCCESS:
+            self.success(method)
+            return None
+        if counted is Counted.FAILURE:
+            return self.failure(method)
+        if counted is Counted.UNTRUSTED:
+            return ReportCode.CONNECTION_FAILED
+        if counted is Counted.NOTHING:
+            return None
+        return self.timeout(unreachable=counted is Counted.UNREACHABLE,
+                            busy=counted is Counted.BUSY)
 
     def success(self, method: str) -> None:
         self.failures.pop(method, None)

@@ -20,10 +20,10 @@ import anyio.abc
 
 from .connection import Connector
 from .events import EventKind, ModelEvent, ReportCode
-from .model_set import Check, ModelSet, Slot, SlotState
+from .model_set import ModelSet, Slot, SlotState
 from .models import ModelEndpoint, host_problem
-from .outcomes import Kind, Outcome
-from .policy import Streaks
+from .outcomes import MEANING, Outcome, SetupEnd
+from .policy import Check, Counted, Streaks
 from .reports import Reports
 from .sources import ModelSource
 from .supervision import Checks
@@ -133,38 +133,21 @@ class Registry:
     # --- the failure policy's effects ------------------------------------------------------------
 
     def apply_policy(self, slot: Slot, method: str, outcome: Outcome) -> None:
-        """Count a call's outcome for its model: a check, or a drop with its report."""
+        """Count a call's outcome for its model (as the outcome table says): a check, or a drop
+        with its report."""
         if slot.gone:
             return  # left during the call: nothing to count
+        meaning = MEANING[outcome.kind]
         streaks = slot.streaks
-        kind = outcome.kind
-        verdict: ReportCode | None = None
-        if kind is Kind.SUCCESS:
-            streaks.success(method)
-        elif kind in (Kind.MODEL_FAILURE, Kind.MISSING_METHOD):
-            verdict = streaks.failure(method)
-        elif kind is Kind.NEEDS_SETUP:
-            # The host restarted and lost the instance: not answered, like a timeout (a host
-            # that keeps restarting is reported MULTIPLE_TIMEOUT in the end).
-            verdict = streaks.timeout()
-            if verdict is None:
-                slot.request(Check.SETUP)
-        elif kind is Kind.UNTRUSTED:
-            verdict = ReportCode.CONNECTION_FAILED  # never call a host that is not the cruncher's
-        elif kind in (Kind.TIMEOUT, Kind.UNREACHABLE):
-            verdict = streaks.timeout(unreachable=kind is Kind.UNREACHABLE)
-            if verdict is None:
-                slot.request(Check.PROBE)
-        elif kind is Kind.BUSY:
-            verdict = streaks.timeout(busy=True)
-        # REFUSED, COORDINATOR, CLIENT_BUG, NOT_SENT: our credentials, the coordinator's call,
-        # our bug, our bound on calls in flight: never the model's fault.
+        verdict = streaks.count(method, meaning.counted)
         if verdict is None:
+            if meaning.then is not None:
+                slot.request(meaning.then)
             return
         if verdict == ReportCode.MULTIPLE_FAILED:
             reason = (f"{streaks.failures[method]} failures of {method} in a row; "
                       f"last: {outcome.detail}")
-        elif kind is Kind.UNTRUSTED:
+        elif meaning.counted is Counted.UNTRUSTED:
             reason = outcome.detail
         else:
             plural = "" if streaks.timeouts == 1 else "s"
@@ -196,30 +179,27 @@ class Registry:
                              "after its next timeout", check.__name__, slot.endpoint)
 
     def _settle(self, slot: Slot, outcome: Outcome) -> None:
-        """What a Setup's (or a probe's) outcome does to the model."""
-        kind, detail, endpoint = outcome.kind, outcome.detail, slot.endpoint
-        if kind is Kind.SUCCESS:
+        """What a Setup's (or a probe's) outcome does to the model, as the outcome table says."""
+        end, detail, endpoint = MEANING[outcome.kind].setup_end, outcome.detail, slot.endpoint
+        if end is SetupEnd.READY:
             self.reports.base_class_found()
             if slot.state is SlotState.SETTING_UP:
                 self._ready(slot)
-        elif kind is Kind.MISSING_BASE_CLASS:
+        elif end is SetupEnd.BASE_CLASS:
             if self.reports.base_class_imported:  # other hosts can: the submission's fault
                 self._drop(slot, detail, ReportCode.BAD_IMPLEMENTATION)
             else:  # none can yet: likely base_classname; reported if one can later
                 self.reports.hold_back(endpoint, detail)
                 self._drop(slot, f"not counted: no host could import the base class: {detail}")
-        elif kind is Kind.MODEL_FAILURE:
+        elif end is SetupEnd.BAD_IMPLEMENTATION:
             self._drop(slot, detail, ReportCode.BAD_IMPLEMENTATION)
-        elif kind is Kind.UNTRUSTED:
+        elif end is SetupEnd.CONNECTION_FAILED:
             self._drop(slot, detail, ReportCode.CONNECTION_FAILED)
-        elif kind in (Kind.REFUSED, Kind.COORDINATOR):
-            # The coordinator's configuration (token, certificates, base class, arguments).
+        elif end is SetupEnd.CONFIGURATION:
             logger.error("Setup of %s failed: %s", endpoint, detail)
             self._drop(slot, f"not counted: {detail}")
-        elif kind is Kind.CLIENT_BUG:
-            self._drop(slot, detail)  # already logged with its traceback; never counted
-        else:  # TIMEOUT, UNREACHABLE, after every attempt: nothing ever answered
-            self._drop(slot, detail, ReportCode.CONNECTION_FAILED)
+        else:  # NOT_COUNTED: a bug of ours, already logged with its traceback
+            self._drop(slot, detail)
 
     def _ready(self, slot: Slot) -> None:
         slot.state = SlotState.READY

@@ -13,6 +13,9 @@ __all__ = ["CallResult", "CallResults", "CallStatus", "DeferredOutput"]
 
 
 class CallStatus(StrEnum):
+    """What a coordinator sees: the three statuses of the old API's ModelPredictResult (the
+    outcome table maps every Kind to one)."""
+
     SUCCESS = "SUCCESS"
     #: The model raised, lacks the method, returned something unreadable or not of `returns=`.
     FAILURE = "FAILURE"

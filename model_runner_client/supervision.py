@@ -15,15 +15,13 @@ import anyio
 from model_runner.wire import SERVICE_NAME
 
 from .model_set import Slot
-from .outcomes import Kind, Outcome
+from .outcomes import MEANING, Kind, Outcome
 
 __all__ = ["MAX_CONCURRENT_SETUPS", "Checks"]
 
 logger = logging.getLogger(__name__)
 
 MAX_CONCURRENT_SETUPS = 64
-#: Setup outcomes worth another attempt: nothing, or nothing a model host says, answered.
-_RETRIED = {Kind.TIMEOUT, Kind.BUSY, Kind.UNREACHABLE, Kind.CLIENT_BUG}
 
 
 class Checks:
@@ -52,7 +50,7 @@ class Checks:
                 outcome = await slot.connection.setup(self._setup_payload, self.setup_timeout)
             if slot.gone:
                 return None  # discarded meanwhile: its connection was closed under it
-            if outcome.kind not in _RETRIED:
+            if not MEANING[outcome.kind].setup_retried:
                 return outcome
         return outcome._replace(detail=f"could not set up after {self.connect_attempts} "
                                        f"attempts: {outcome.detail}")

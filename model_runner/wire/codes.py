@@ -9,6 +9,9 @@ __all__ = ["StatusCode", "missing_method", "names_missing_method", "names_unimpo
 
 
 class StatusCode(StrEnum):
+    """What a host answers in a response's Status (the wire's vocabulary, both halves read it;
+    gRPC's own statuses are for transport errors only)."""
+
     SUCCESS = "SUCCESS"
     #: The caller's mistake: empty class or method name, a private method, bad arguments.
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
