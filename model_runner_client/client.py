@@ -26,25 +26,24 @@ from typing import Any, Self, TypedDict, TypeVar, TypeVarTuple, Unpack, overload
 
 import anyio
 
-from .blame import Mistake, attribute
+from .blame import Mistake
 from .connection import Connector
 from .encoding import ArgumentError, ResultDecoder, encode_call, encode_setup
 from .events import EventCallback, EventHub, EventKind, FailureReport, ModelEvent, iterate
-from .fanout import Fanout, Job
+from .fanout import Fanout
 from .metrics import Metrics
-from .model_set import Slot, UnknownModelError
+from .model_set import UnknownModelError
 from .models import ModelEndpoint
 from .orchestrator import OrchestratorLink
-from .outcomes import Kind, Outcome
 from .registry import Registry
 from .reports import Reports
-from .results import CallResult, CallResults
+from .results import CallResults
 from .security import GatewayCredentials, SecureCredentials
 from .sources import ModelSource, StaticModels
 from .supervision import Checks
+from .tick import plan, settle
 from .transport_security import Security
 from .transports import TRANSPORTS, TransportName
-from .transports.call import frame
 
 __all__ = ["ModelRunnerClient", "UnknownModelError"]
 
@@ -455,65 +454,19 @@ class ModelRunnerClient:
         deadline = self.timeout if timeout is None else timeout
         if deadline <= 0:
             raise ValueError(f"timeout must be positive seconds, got {deadline}")
-        targets = self._models.targets(models)
-        decoder = ResultDecoder(returns)
-
-        # Build every request first: a bad argument raises before anything is sent or counted.
-        # Shared arguments are framed once: the same bytes go to every model.
-        shared = frame(request) if isinstance(request, bytes) else None
-        payloads: list[bytes | None] = []
-        for _, slot in targets:
-            if slot is None or not slot.callable:
-                payloads.append(None)
-            else:
-                payloads.append(shared if shared is not None or isinstance(request, bytes)
-                                else frame(request(slot.endpoint)))
-
-        # Every target ends as one Outcome (outcomes.py), called or not.
-        endpoints: list[ModelEndpoint] = []
-        outcomes: list[Outcome | None] = []
-        jobs: list[Job] = []
-        sent: list[tuple[int, Slot]] = []
-        for index, ((model_id, slot), payload) in enumerate(zip(targets, payloads, strict=True)):
-            outcome: Outcome | None = None
-            if slot is None:
-                # Departed long ago, its metadata may be forgotten (the memory is bounded).
-                endpoints.append(self._models.departed.get(model_id)
-                                 or ModelEndpoint(model_id, "", 0))
-                outcome = Outcome(Kind.LEFT, detail="not called: the model has left")
-            else:
-                endpoints.append(slot.endpoint)
-                if not slot.callable:
-                    outcome = Outcome(Kind.SETTING_UP,
-                                      detail="not called: the model is still being set up")
-                elif slot.streaks.take_skip():
-                    outcome = Outcome(Kind.SKIPPED, detail="skipped while cooling down after "
-                                      + _count(slot.streaks.timeouts, "timeout") + " in a row")
-                else:
-                    assert payload is not None
-                    jobs.append(Job(slot.connection, payload))
-                    sent.append((index, slot))
-            outcomes.append(outcome)
-
-        answers = await self._fanout.run(jobs, deadline, decoder) if jobs else []
-        answers, blame, mistake = attribute(method, answers)
+        tick = plan(self._models.targets(models), request, self._models.departed.get)
+        answers = await self._fanout.run(tick.jobs, deadline, ResultDecoder(returns)) \
+            if tick.jobs else []
+        called, ended, mistake = settle(tick, method, answers, self._registry.apply_policy)
         if mistake is not None and not self._closed:  # (closing ends every call: no news)
             self._log_mistake(mistake)
-        for (index, slot), outcome in zip(sent, answers, strict=True):
-            outcomes[index] = outcome
-            if blame:
-                self._registry.apply_policy(slot, method, outcome)
-        ended = [outcome for outcome in outcomes if outcome is not None]
-        called = CallResults([CallResult.make(endpoint, o.status, o.output, o.latency_us,
-                                              o.detail)
-                              for endpoint, o in zip(endpoints, ended, strict=True)])
         if self._metrics is not None:
             self._metrics.tick(method, time.monotonic() - started, called,
                                [o.kind.value for o in ended])
             # A model that left during this tick may have had its LEFT dispatched (and its
             # series forgotten) before tick() recorded it again. (~0.4 ms at 10,000 models;
             # recording costs ~0.6 µs per model in observe() alone.)
-            for _, slot in sent:
+            for _, slot in tick.called:
                 if slot.gone:
                     self._forget_departed(slot.endpoint.model_id)
         return called
@@ -535,8 +488,3 @@ class ModelRunnerClient:
         if not self._started:
             raise RuntimeError("the client is not started: use `async with client:` "
                                "or `await client.start()` first")
-
-
-def _count(number: int, noun: str) -> str:
-    """'1 timeout', '2 timeouts'."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"

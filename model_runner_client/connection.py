@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
-from model_runner.wire import SETUP_PATH
+from model_runner.wire import CALL_PATH, SETUP_PATH
 
 from .models import ModelEndpoint
 from .outcomes import (
@@ -24,7 +24,7 @@ from .outcomes import (
     setup_outcome_of_error,
 )
 from .transport_security import Security
-from .transports import ResponseTooLarge, TransportName, make_transport, unary
+from .transports import ResponseTooLarge, Started, TransportName, make_transport, unary
 from .transports.call import frame
 
 __all__ = ["HEALTH_CHECK_PATH", "Connector", "ModelConnection", "ResponseTooLarge"]
@@ -60,6 +60,22 @@ class ModelConnection:
         except Exception as exc:
             return outcome_of_error(self.endpoint, exc, 0)
         return read_health_answer(raw)
+
+    # A model call, in the transport's three steps (transports/__init__.py), for the fan-out.
+
+    def start_call(self, message: bytes, deadline: float) -> Started:
+        """Send a Call (`message`: the gRPC-framed CallRequest) before `deadline`
+        (time.monotonic() seconds); returns it at once."""
+        started: Started = self.transport.start(CALL_PATH, message, deadline)
+        return started
+
+    def finish_call(self, started: Started) -> bytes:
+        """The answer of a call whose future is done; raises what the call ended with."""
+        return self.transport.finish(started)
+
+    def abandon_call(self, started: Started) -> None:
+        """Give up a call: the host is told to stop; its sending task, if any, is cancelled."""
+        self.transport.abandon(started)
 
     def reconnect(self) -> None:
         """Drop the connection; the next call opens a fresh one."""

@@ -14,13 +14,13 @@ Those are not decoded here: each gets a cheap check (JSON scanned without buildi
 coordinator reads CallResult.output. Decoding them all here made 100 models answering ~4 MiB
 of nested JSON add ~8 s to a 1 s tick (benchmarks/heavy_answers.py).
 
-The deadline is an anyio cancel scope. The calls themselves are asyncio futures settled by the
-transports' protocols, for measured reasons: at 1,000 models the bare ngh2 transport cost ~30 µs
-of CPU per call that way, against ~50 µs with a task per call under `asyncio.gather`, and an
-anyio task group cost ~23 µs per call more than `gather` (benchmarks/README.md). A call that
-must wait to be sent (connecting, grpclib) has a sending task owned by its transport; `run`
-abandons and awaits every one still running before it returns, or when it is cancelled itself.
-The library changes no process-wide state: the cyclic GC, once paused here, is left alone.
+One clock, time.monotonic_ns(), for the deadline, each call's send and arrival and its latency;
+the deadline is an anyio cancel scope on the same clock. The calls themselves are asyncio futures
+settled by the transports' protocols, not tasks: a task per call under `asyncio.gather`, or an
+anyio task group, cost more CPU per call (figures in benchmarks/README.md). A call that must
+wait to be sent (connecting, grpclib) has a sending task owned by its transport; `run` abandons
+and awaits every one still running before it returns, or when it is cancelled itself. The
+library changes no process-wide state: the cyclic GC, once paused here, is left alone.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
-
-from model_runner.wire import CALL_PATH
 
 from .connection import ModelConnection
 from .encoding import ResultDecoder
@@ -79,102 +77,125 @@ class Fanout:
         cancels and awaits if the deadline comes first. At most max_concurrent_calls are in
         flight; each one that ends starts the next.
         """
-        count = len(jobs)
-        outcomes: list[Outcome | None] = [None] * count
-        sent_at = [0] * count
-        #: Large answers received in time: (index, bytes, latency), read after the calls.
-        received: list[tuple[int, bytes, int]] = []
-        started_at = time.monotonic()
-        deadline = started_at + timeout
-        deadline_ns = time.perf_counter_ns() + int(timeout * 1e9)
-        loop = asyncio.get_running_loop()
-        all_settled = loop.create_future()
-        waiting = collections.deque(range(count))
-        in_flight: dict[int, Started] = {}
-        limit = self.max_concurrent_calls
-
-        def launch() -> None:
-            while waiting and len(in_flight) < limit:
-                if time.monotonic() >= deadline:
-                    break  # what is left was not sent (NOT_SENT), whatever ran late
-                index = waiting.popleft()
-                job = jobs[index]
-                sent = sent_at[index] = time.perf_counter_ns()
-                try:
-                    started = job.connection.transport.start(CALL_PATH, job.message, deadline)
-                except Exception as exc:
-                    outcomes[index] = outcome_of_error(job.connection.endpoint, exc, _since(sent))
-                    continue
-                started.future.add_done_callback(functools.partial(call_done, index))
-                in_flight[index] = started
-            if not waiting and not in_flight and not all_settled.done():
-                all_settled.set_result(None)
-
-        def call_done(index: int, _: object) -> None:
-            started = in_flight.pop(index, None)
-            if started is None:
-                return  # settled at the deadline below
-            finish(index, started)
-            launch()
-
-        def finish(index: int, started: Started) -> None:
-            if started.arrived > deadline_ns:
-                return  # after the deadline: a TIMEOUT, however the loop ran
-            job = jobs[index]
-            latency = (started.arrived - sent_at[index]) // 1000
-            try:
-                raw = job.connection.transport.finish(started)
-            except Exception as exc:
-                outcomes[index] = outcome_of_error(job.connection.endpoint, exc, latency)
-                return
-            if len(raw) > INLINE_BYTES:
-                received.append((index, raw, latency))  # answered in time; read once all settle
-            else:
-                outcomes[index] = _read(job, raw, latency, decoder)
-
+        calls = _Calls(jobs, timeout, decoder, self.max_concurrent_calls)
         try:
-            launch()
-            # An anyio cancel scope is the deadline (the design's structured concurrency; the
-            # calls themselves run without tasks: see the module's docstring).
-            with anyio.move_on_after(timeout):
-                await all_settled
+            calls.launch()
+            with anyio.CancelScope(deadline=calls.deadline_ns / 1e9):
+                await calls.all_settled
         finally:  # the deadline, or `run` itself cancelled: nothing it started outlives it
-            finished = time.perf_counter_ns()
-            waiting.clear()
-            pending = list(in_flight.items())
-            in_flight.clear()
-            senders = []
-            for index, started in pending:
-                if started.future.done():
-                    # Settled by its protocol before the deadline; its callback had not run
-                    # yet (a busy loop): the answer counts, as it arrived in time.
-                    finish(index, started)
-                else:
-                    jobs[index].connection.transport.abandon(started)  # RST_STREAM CANCEL
-                if started.sender is not None and not started.sender.done():
-                    senders.append(started.sender)
-            if senders:
-                await asyncio.gather(*senders, return_exceptions=True)
-        # Large answers: their verdict from a cheap check (JSON scanned, not decoded) while the
-        # budget lasts, then from the host's status alone; every value is decoded only when the
-        # coordinator reads it (CallResult.output). Decoding here made 100 models answering
-        # ~4 MiB of nested JSON add ~12 s to a 1 s tick.
-        budget_end = started_at + timeout * LATE_READING
-        for index, raw, latency in received:
-            check = time.monotonic() < budget_end
-            outcomes[index] = _read(jobs[index], raw, latency, decoder, defer=True, check=check)
+            ended_ns = time.monotonic_ns()
+            await calls.stop()
+        await calls.read_large()
+        return calls.outcomes_at(ended_ns)
+
+
+class _Calls:
+    """The calls of one `Fanout.run`, by job index: sent as room allows, each settled by its
+    future's callback (no task per call), the rest stopped at the deadline."""
+
+    __slots__ = ("all_settled", "deadline_ns", "decoder", "in_flight", "jobs", "limit",
+                 "outcomes", "received", "sent_at", "started_ns", "timeout", "waiting")
+
+    def __init__(self, jobs: Sequence[Job], timeout: float, decoder: ResultDecoder,
+                 limit: int) -> None:
+        self.jobs, self.timeout, self.decoder, self.limit = jobs, timeout, decoder, limit
+        self.started_ns = time.monotonic_ns()
+        self.deadline_ns = self.started_ns + int(timeout * 1e9)
+        self.outcomes: list[Outcome | None] = [None] * len(jobs)
+        self.sent_at = [0] * len(jobs)
+        #: Large answers received in time: (index, bytes, latency), read after the calls.
+        self.received: list[tuple[int, bytes, int]] = []
+        self.waiting = collections.deque(range(len(jobs)))
+        self.in_flight: dict[int, Started] = {}
+        self.all_settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def launch(self) -> None:
+        """Send waiting calls while fewer than `limit` are in flight and the deadline holds."""
+        waiting, in_flight, deadline = self.waiting, self.in_flight, self.deadline_ns / 1e9
+        while waiting and len(in_flight) < self.limit:
+            if time.monotonic_ns() >= self.deadline_ns:
+                break  # what is left was not sent (NOT_SENT), whatever ran late
+            index = waiting.popleft()
+            job = self.jobs[index]
+            sent = self.sent_at[index] = time.monotonic_ns()
+            try:
+                started = job.connection.start_call(job.message, deadline)
+            except Exception as exc:
+                latency = (time.monotonic_ns() - sent) // 1000
+                self.outcomes[index] = outcome_of_error(job.connection.endpoint, exc, latency)
+                continue
+            started.future.add_done_callback(functools.partial(self.call_done, index))
+            in_flight[index] = started
+        if not waiting and not in_flight and not self.all_settled.done():
+            self.all_settled.set_result(None)
+
+    def call_done(self, index: int, _: object) -> None:
+        started = self.in_flight.pop(index, None)
+        if started is None:
+            return  # settled at the deadline (stop)
+        self.finish(index, started)
+        self.launch()
+
+    def finish(self, index: int, started: Started) -> None:
+        """A settled call's outcome, unless its answer came after the deadline (a TIMEOUT,
+        however the loop ran)."""
+        if started.arrived > self.deadline_ns:
+            return
+        job = self.jobs[index]
+        latency = (started.arrived - self.sent_at[index]) // 1000
+        try:
+            raw = job.connection.finish_call(started)
+        except Exception as exc:
+            self.outcomes[index] = outcome_of_error(job.connection.endpoint, exc, latency)
+            return
+        if len(raw) > INLINE_BYTES:
+            self.received.append((index, raw, latency))  # in time; read once all settle
+        else:
+            self.outcomes[index] = _read(job, raw, latency, self.decoder)
+
+    async def stop(self) -> None:
+        """Send nothing more; abandon what is in flight and await its sending tasks."""
+        self.waiting.clear()
+        pending = list(self.in_flight.items())
+        self.in_flight.clear()
+        senders = []
+        for index, started in pending:
+            if started.future.done():
+                # Settled by its protocol before the deadline; its callback had not run yet
+                # (a busy loop): the answer counts, as it arrived in time.
+                self.finish(index, started)
+            else:
+                self.jobs[index].connection.abandon_call(started)  # RST_STREAM CANCEL
+            if started.sender is not None and not started.sender.done():
+                senders.append(started.sender)
+        if senders:
+            await asyncio.gather(*senders, return_exceptions=True)
+
+    async def read_large(self) -> None:
+        """Large answers: their verdict from a cheap check (JSON scanned, not decoded) while
+        the budget lasts, then from the host's status alone; every value is decoded only when
+        the coordinator reads it (CallResult.output). Decoding here made 100 models answering
+        ~4 MiB of nested JSON add ~12 s to a 1 s tick."""
+        budget_end = self.started_ns + int(self.timeout * LATE_READING * 1e9)
+        for index, raw, latency in self.received:
+            check = time.monotonic_ns() < budget_end
+            self.outcomes[index] = _read(self.jobs[index], raw, latency, self.decoder,
+                                         defer=True, check=check)
             await asyncio.sleep(0)  # one at a time: health probes, the orchestrator link
+
+    def outcomes_at(self, ended_ns: int) -> list[Outcome]:
+        """Every call's outcome, the calls `run` ended at `ended_ns` included."""
         results: list[Outcome] = []
-        for index, outcome in enumerate(outcomes):
+        for index, outcome in enumerate(self.outcomes):
             if outcome is None:
-                if sent_at[index]:
+                if self.sent_at[index]:
                     outcome = Outcome(Kind.TIMEOUT,
-                                      latency_us=(finished - sent_at[index]) // 1000,
-                                      detail=f"no answer within {timeout:g}s")
+                                      latency_us=(ended_ns - self.sent_at[index]) // 1000,
+                                      detail=f"no answer within {self.timeout:g}s")
                 else:
-                    outcome = Outcome(Kind.NOT_SENT,
-                        detail=f"not sent within {timeout:g}s: {self.max_concurrent_calls} calls "
-                               "were already in flight (raise max_concurrent_calls)")
+                    outcome = Outcome(Kind.NOT_SENT, detail=(
+                        f"not sent within {self.timeout:g}s: {self.limit} calls were already "
+                        "in flight (raise max_concurrent_calls)"))
             results.append(outcome)
         return results
 
@@ -188,9 +209,3 @@ def _read(job: Job, raw: bytes, latency: int, decoder: ResultDecoder, *, defer: 
         return Outcome(Kind.CLIENT_BUG, latency_us=latency,
                        detail=f"not counted: a bug in model-runner-client reading the answer "
                               f"({exc!r}); please report it")
-
-
-def _since(sent: int) -> int:
-    return (time.perf_counter_ns() - sent) // 1000
-
-

@@ -43,7 +43,7 @@ class Started(Protocol):
     """A call in flight: `future` is done when its answer is in (or it failed)."""
 
     future: asyncio.Future[Any]
-    #: time.perf_counter_ns() when the answer was complete (or the call failed).
+    #: time.monotonic_ns() when the answer was complete (or the call failed).
     arrived: int
     #: The task sending the request when sending had to wait (connecting, flow control).
     sender: asyncio.Task[None] | None

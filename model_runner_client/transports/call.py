@@ -48,7 +48,7 @@ def grpc_timeout(seconds: float) -> bytes:
 class Call:
     """One stream of a unary call. The transport's protocol feeds it (`headers`, `feed`,
     `trailers`) and settles `future` when the answer is complete or the call failed; `arrived`
-    is then time.perf_counter_ns()."""
+    is then time.monotonic_ns(), the clock of every deadline."""
 
     __slots__ = ("arrived", "check_peer", "data", "future", "headers", "length", "limit",
                  "sender", "trailers", "transport")
@@ -86,12 +86,12 @@ class Call:
 
     def settle(self) -> None:
         if not self.future.done():
-            self.arrived = time.perf_counter_ns()
+            self.arrived = time.monotonic_ns()
             self.future.set_result(self)
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
-            self.arrived = time.perf_counter_ns()
+            self.arrived = time.monotonic_ns()
             self.future.set_exception(error)
             self.future.exception()  # retrieved: an abandoned call's error is nobody's news
 
