@@ -88,8 +88,8 @@ async def _run(code_directory: Path, base_class: str, init: tuple[list[Any], dic
                method: str | None, call: tuple[list[Any], dict[str, Any]]) -> bool:
     from grpclib.health.check import ServiceStatus
 
+    from model_runner_client.answers import read_call_answer
     from model_runner_client.encoding import ResultDecoder, encode_call, encode_setup
-    from model_runner_client.outcomes import read_answer
 
     from .discovery import DiscoveryError, discover_class
     from .service import DynamicSubclassService
@@ -121,7 +121,7 @@ async def _run(code_directory: Path, base_class: str, init: tuple[list[Any], dic
         if method is None:
             return True
         raw = await service.call(CallRequest.FromString(encode_call(method, *call)), None)
-        outcome = read_answer(raw, 0, ResultDecoder())
+        outcome = read_call_answer(raw, 0, ResultDecoder())
         if not outcome.status == "SUCCESS":
             print(f"problem: {method}({_shown(call)}) -> {outcome.status}: {outcome.detail}")
             return False

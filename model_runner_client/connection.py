@@ -15,17 +15,13 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
 from model_runner.wire import CALL_PATH, SETUP_PATH
 
+from .answers import read_health_answer, read_setup_answer
 from .models import ModelEndpoint
-from .outcomes import (
-    Outcome,
-    outcome_of_error,
-    read_health_answer,
-    read_setup_answer,
-    setup_outcome_of_error,
-)
+from .outcomes import Outcome
 from .transport_security import Security
-from .transports import ResponseTooLarge, Started, TransportName, make_transport, unary
-from .transports.call import frame
+from .transports import ResponseTooLarge, TransportName, make_transport, unary
+from .transports.call import Call, frame
+from .transports.errors import outcome_of_error, setup_outcome_of_error
 
 __all__ = ["HEALTH_CHECK_PATH", "Connector", "ModelConnection", "ResponseTooLarge"]
 
@@ -44,7 +40,7 @@ class ModelConnection:
         try:
             raw = await unary(self.transport, SETUP_PATH, frame(payload),
                               time.monotonic() + timeout)
-        except Exception as exc:  # every way it can fail is classified in outcomes.py
+        except Exception as exc:  # every way it can fail is classified in transports/errors.py
             return setup_outcome_of_error(self.endpoint, exc)
         return read_setup_answer(raw)
 
@@ -63,17 +59,16 @@ class ModelConnection:
 
     # A model call, in the transport's three steps (transports/__init__.py), for the fan-out.
 
-    def start_call(self, message: bytes, deadline: float) -> Started:
+    def start_call(self, message: bytes, deadline: float) -> Call:
         """Send a Call (`message`: the gRPC-framed CallRequest) before `deadline`
         (time.monotonic() seconds); returns it at once."""
-        started: Started = self.transport.start(CALL_PATH, message, deadline)
-        return started
+        return self.transport.start(CALL_PATH, message, deadline)
 
-    def finish_call(self, started: Started) -> bytes:
+    def finish_call(self, started: Call) -> bytes:
         """The answer of a call whose future is done; raises what the call ended with."""
         return self.transport.finish(started)
 
-    def abandon_call(self, started: Started) -> None:
+    def abandon_call(self, started: Call) -> None:
         """Give up a call: the host is told to stop; its sending task, if any, is cancelled."""
         self.transport.abandon(started)
 

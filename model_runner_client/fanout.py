@@ -35,10 +35,12 @@ from dataclasses import dataclass
 
 import anyio
 
+from .answers import read_call_answer
 from .connection import ModelConnection
 from .encoding import ResultDecoder
-from .outcomes import Kind, Outcome, outcome_of_error, read_answer
-from .transports import Started
+from .outcomes import Kind, Outcome
+from .transports.call import Call
+from .transports.errors import outcome_of_error
 
 __all__ = ["INLINE_BYTES", "Fanout", "Job"]
 
@@ -106,7 +108,7 @@ class _Calls:
         #: Large answers received in time: (index, bytes, latency), read after the calls.
         self.received: list[tuple[int, bytes, int]] = []
         self.waiting = collections.deque(range(len(jobs)))
-        self.in_flight: dict[int, Started] = {}
+        self.in_flight: dict[int, Call] = {}
         self.all_settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def launch(self) -> None:
@@ -136,7 +138,7 @@ class _Calls:
         self.finish(index, started)
         self.launch()
 
-    def finish(self, index: int, started: Started) -> None:
+    def finish(self, index: int, started: Call) -> None:
         """A settled call's outcome, unless its answer came after the deadline (a TIMEOUT,
         however the loop ran)."""
         if started.arrived > self.deadline_ns:
@@ -203,7 +205,7 @@ class _Calls:
 def _read(job: Job, raw: bytes, latency: int, decoder: ResultDecoder, *, defer: bool = False,
           check: bool = True) -> Outcome:
     try:
-        return read_answer(raw, latency, decoder, defer=defer, check=check)
+        return read_call_answer(raw, latency, decoder, defer=defer, check=check)
     except Exception as exc:  # a bug of ours must not fail the whole call
         logger.exception("bug: could not read the answer of %s", job.connection.endpoint)
         return Outcome(Kind.CLIENT_BUG, latency_us=latency,

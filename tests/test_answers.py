@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from model_runner.wire import CallResponse, Status, Variant, VariantError, VariantType
 from model_runner.wire.variant import check_value, decode_value
+from model_runner_client.answers import read_call_answer
 from model_runner_client.encoding import ResultDecoder
 from model_runner_client.models import ModelEndpoint
-from model_runner_client.outcomes import Kind, read_answer
+from model_runner_client.outcomes import Kind
 from model_runner_client.results import CallResult, CallStatus, DeferredOutput
 
 json_values = st.recursive(
@@ -68,7 +69,7 @@ def result(outcome: Any) -> CallResult:
 
 def test_a_deferred_answer_is_decoded_when_read_once() -> None:
     decoder = ResultDecoder(list[int])
-    outcome = read_answer(answer(b"[1, 2, 3]"), 5, decoder, defer=True)
+    outcome = read_call_answer(answer(b"[1, 2, 3]"), 5, decoder, defer=True)
     assert outcome.kind is Kind.SUCCESS and isinstance(outcome.output, DeferredOutput)
     called = result(outcome)
     assert "not read yet" in repr(called)
@@ -76,19 +77,19 @@ def test_a_deferred_answer_is_decoded_when_read_once() -> None:
 
 
 def test_a_malformed_answer_fails_its_check() -> None:
-    outcome = read_answer(answer(b"[1, 2"), 5, ResultDecoder(), defer=True, check=True)
+    outcome = read_call_answer(answer(b"[1, 2"), 5, ResultDecoder(), defer=True, check=True)
     assert outcome.status is CallStatus.FAILURE and "unreadable result" in outcome.detail
 
 
 def test_an_unchecked_malformed_answer_raises_when_read() -> None:
     """Past the tick's budget the verdict is the host's status; the value raises when read."""
-    outcome = read_answer(answer(b"[1, 2"), 5, ResultDecoder(), defer=True, check=False)
+    outcome = read_call_answer(answer(b"[1, 2"), 5, ResultDecoder(), defer=True, check=False)
     assert outcome.status is CallStatus.SUCCESS
     with pytest.raises(VariantError, match="invalid JSON"):
         _ = result(outcome).output
 
 
 def test_a_deferred_answer_not_of_returns_raises_when_read() -> None:
-    outcome = read_answer(answer(b'["a"]'), 5, ResultDecoder(list[int]), defer=True)
+    outcome = read_call_answer(answer(b'["a"]'), 5, ResultDecoder(list[int]), defer=True)
     with pytest.raises(ValueError, match="does not match list"):
         _ = result(outcome).output

@@ -30,7 +30,7 @@ MISSING = bytes(CallResponse(status=Status(code="BAD_IMPLEMENTATION",
 
 
 class Scripted:
-    """A call in flight (transports.Started)."""
+    """A call in flight (what transports.call.Call offers the fan-out)."""
 
     def __init__(self) -> None:
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -20,7 +20,9 @@ from grpclib.exceptions import GRPCError
 from ..transport_security import ConnectionSecurity, peer_spki
 from . import ResponseTooLarge
 
-__all__ = ["Call", "FrameBudget", "frame", "grpc_status", "grpc_timeout", "read_answer"]
+__all__ = ["MAX_UNREAD_ACKS", "UNREAD_ACKS", "Call", "FrameBudget", "RequestHeaders",
+           "error_name", "frame", "grpc_message", "grpc_status", "grpc_timeout", "no_trailers",
+           "not_processed", "stream_reset"]
 
 # gRPC's mapping of HTTP statuses that carry no grpc-status (gRPC over HTTP/2, "HTTP to gRPC").
 _HTTP_TO_GRPC = {400: GrpcStatus.INTERNAL, 401: GrpcStatus.UNAUTHENTICATED,
@@ -43,6 +45,39 @@ def grpc_timeout(seconds: float) -> bytes:
     if milliseconds < 100_000_000:
         return b"%dm" % milliseconds
     return b"%dS" % min(99_999_999, math.ceil(seconds))
+
+
+class RequestHeaders:
+    """One model's request headers in gRPC over HTTP/2's order: pseudo-headers, content-type,
+    te, user-agent, then the call's grpc-timeout (the time left when it is sent) and the
+    security mode's metadata. As bytes, built once per path."""
+
+    __slots__ = ("_by_path", "_head", "_security", "_tail")
+
+    def __init__(self, authority: str, security: ConnectionSecurity, user_agent: bytes) -> None:
+        self._security = security
+        self._head = [(b":method", b"POST"), (b":scheme", b"https" if security.ssl else b"http"),
+                      (b":authority", authority.encode())]
+        self._tail = [(b"content-type", b"application/grpc"), (b"te", b"trailers"),
+                      (b"user-agent", user_agent)]
+        self._by_path: dict[str, list[tuple[bytes, bytes]]] = {}
+
+    def for_call(self, path: str, deadline: float | None) -> list[tuple[bytes, bytes]]:
+        """The headers of a call sent now; TimeoutError if `deadline` (time.monotonic()) has
+        passed."""
+        base = self._by_path.get(path)
+        if base is None:
+            base = self._by_path[path] = [*self._head, (b":path", path.encode()), *self._tail]
+        headers = base.copy()
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the deadline passed before the call was sent")
+            headers.append((b"grpc-timeout", grpc_timeout(remaining)))
+        metadata = self._security.metadata()
+        if metadata:
+            headers.extend((k.encode(), v.encode()) for k, v in metadata.items())
+        return headers
 
 
 class Call:
@@ -128,7 +163,7 @@ def grpc_status(headers: Headers, trailers: Headers | None) -> tuple[GrpcStatus,
 _OK = (b"grpc-status", b"0")
 
 
-def read_answer(call: Call, security: ConnectionSecurity) -> bytes:
+def grpc_message(call: Call, security: ConnectionSecurity) -> bytes:
     """The message of a settled call, or the exception it ended with: GRPCError for a status
     other than OK, UntrustedHost, ConnectionResetError for an answer cut short."""
     call.future.result()  # raises what the call ended with
@@ -206,3 +241,38 @@ class FrameBudget:
             return True
         self.tokens += 1  # a refused frame is not charged
         return False
+
+
+# --- what the host's HTTP/2 events mean for a call, worded once for both transports ----------
+
+#: PING and SETTINGS acks queued while the host does not read (nghttp2's max_outbound_ack):
+#: past it, the connection is closed.
+MAX_UNREAD_ACKS = 1000
+UNREAD_ACKS = (f"the host sent over {MAX_UNREAD_ACKS} PING/SETTINGS frames and read none of "
+               "the acks")
+#: RFC 9113 section 7's error codes, by value (h2's and nghttp2's names are these).
+_ERROR_NAMES = ("NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR",
+                "SETTINGS_TIMEOUT", "STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM",
+                "CANCEL", "COMPRESSION_ERROR", "CONNECT_ERROR", "ENHANCE_YOUR_CALM",
+                "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED")
+
+
+def error_name(code: int) -> str:
+    """An HTTP/2 error code's name, e.g. 'CANCEL' (a code outside RFC 9113: 'error 42')."""
+    return _ERROR_NAMES[code] if 0 <= code < len(_ERROR_NAMES) else f"error {code}"
+
+
+def stream_reset(code: int) -> ConnectionResetError:
+    """The host reset the call's stream (RST_STREAM)."""
+    return ConnectionResetError(f"the host reset the stream ({error_name(code)})")
+
+
+def not_processed(code: int) -> ConnectionResetError:
+    """The host sent GOAWAY with a last stream id below the call's: it did not take it."""
+    return ConnectionResetError(f"the host is going away (GOAWAY {error_name(code)}) and did "
+                                "not process this call")
+
+
+def no_trailers() -> GRPCError:
+    """DATA ended the stream: no trailers, so no gRPC status."""
+    return GRPCError(GrpcStatus.INTERNAL, "the host ended its answer without gRPC trailers")

@@ -23,8 +23,8 @@ from typing import Any
 
 from grpclib.client import Channel, Handler
 from grpclib.config import Configuration
-from grpclib.const import Status as GrpcStatus
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import ProtocolError as GrpclibProtocolError
+from grpclib.exceptions import StreamTerminatedError
 from grpclib.protocol import EventsProcessor, H2Protocol
 from h2.connection import ConnectionInputs, ConnectionState
 from h2.errors import ErrorCodes
@@ -32,9 +32,21 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import Frame
 
+from model_runner.wire.errors import describe
+
 from ..models import ModelEndpoint
 from ..transport_security import ConnectionSecurity
-from .call import Call, FrameBudget, grpc_timeout, read_answer
+from .call import (
+    MAX_UNREAD_ACKS,
+    UNREAD_ACKS,
+    Call,
+    FrameBudget,
+    RequestHeaders,
+    grpc_message,
+    no_trailers,
+    not_processed,
+    stream_reset,
+)
 
 __all__ = ["CLOSED_STREAMS_KEPT", "GrpclibTransport"]
 
@@ -44,9 +56,7 @@ logger = logging.getLogger(__name__)
 #: each: ~11 MB per model once a connection has made that many calls (a day of ticks), which is
 #: gigabytes for a thousand models. Late frames can only concern the last few unary calls.
 CLOSED_STREAMS_KEPT = 128
-#: PING and SETTINGS acks queued while the host does not read (nghttp2's max_outbound_ack).
-MAX_UNREAD_ACKS = 1000
-_USER_AGENT = "model-runner-client (grpclib)"
+_USER_AGENT = b"model-runner-client (grpclib)"
 
 
 class _FrameFlood(H2ProtocolError):
@@ -151,13 +161,11 @@ class _CallProcessor(EventsProcessor):
 
     def process_stream_ended(self, event: Any) -> None:
         if event.stream_id in self.calls:  # data that ends the stream: no trailers, not gRPC
-            self.fail(event.stream_id, GRPCError(
-                GrpcStatus.INTERNAL, "the host ended its answer without gRPC trailers"))
+            self.fail(event.stream_id, no_trailers())
 
     def process_stream_reset(self, event: Any) -> None:
         if event.stream_id in self.calls:
-            self.fail(event.stream_id, ConnectionResetError(
-                f"the host reset the stream ({_error_name(event.error_code)})"))
+            self.fail(event.stream_id, stream_reset(event.error_code))
 
     def process_connection_terminated(self, event: Any) -> None:
         # New calls open a new connection; the calls the host took (up to its last stream id)
@@ -166,9 +174,7 @@ class _CallProcessor(EventsProcessor):
         handler.connection_lost = True  # grpclib's Channel reconnects on the next call
         self.going_away = True
         for stream_id in [s for s in self.calls if s > event.last_stream_id]:
-            self.fail(stream_id, ConnectionResetError(
-                f"the host is going away (GOAWAY {_error_name(event.error_code)}) and did not "
-                "process this call"))
+            self.fail(stream_id, not_processed(event.error_code))
         if not self.calls:
             self.close("the host is going away (GOAWAY)")
 
@@ -235,8 +241,7 @@ class _Protocol(H2Protocol):
         if not self.connection.write_ready.is_set():  # paused: the host reads nothing
             self._unread_acks += 1
             if self._unread_acks > MAX_UNREAD_ACKS:
-                reason = (f"the host sent over {MAX_UNREAD_ACKS} PING/SETTINGS frames and read "
-                          "none of the acks")
+                reason = UNREAD_ACKS
                 logger.warning("closing a connection: %s", reason)
                 transport: Any = self.connection._transport
                 transport.abort()
@@ -267,11 +272,8 @@ class GrpclibTransport:
         self.endpoint = endpoint
         self.security = security
         self.limit = max_receive_message_length
-        authority = security.server_name or endpoint.address
-        self._head = [(":method", "POST"), (":scheme", "https" if security.ssl else "http"),
-                      (":authority", authority)]
-        self._tail = [("content-type", "application/grpc"), ("te", "trailers"),
-                      ("user-agent", _USER_AGENT)]
+        self._headers = RequestHeaders(security.server_name or endpoint.address, security,
+                                       _USER_AGENT)
         self._channel = self._new_channel()
 
     def _new_channel(self) -> Channel:
@@ -290,11 +292,12 @@ class GrpclibTransport:
             self._send(call, path, message, deadline))
         return call
 
-    def finish(self, call: _GrpclibCall) -> bytes:
-        return read_answer(call, self.security)
+    def finish(self, call: Call) -> bytes:
+        return grpc_message(call, self.security)
 
-    def abandon(self, call: _GrpclibCall) -> None:
+    def abandon(self, call: Call) -> None:
         """The caller gives up (the deadline): RST_STREAM CANCEL, and the stream is forgotten."""
+        assert isinstance(call, _GrpclibCall), "a call this transport started"
         if call.processor is not None and call.stream is not None:
             call.processor.fail(call.stream.id, TimeoutError("abandoned"))
         call.abandon()
@@ -303,15 +306,7 @@ class GrpclibTransport:
                     deadline: float | None) -> None:
         try:
             protocol: Any = await self._channel.__connect__()
-            headers = [*self._head, (":path", path), *self._tail]
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("the deadline passed before the call was sent")
-                headers.append(("grpc-timeout", grpc_timeout(remaining).decode()))
-            metadata = self.security.metadata()
-            if metadata:
-                headers.extend(metadata.items())
+            headers = self._headers.for_call(path, deadline)
             processor: _CallProcessor = protocol.processor
             stream = protocol.connection.create_stream()
             release = await stream.send_request(headers, _processor=processor)
@@ -327,7 +322,11 @@ class GrpclibTransport:
                 call.fail(exc)
             else:
                 call.fail(ConnectionResetError("the connection closed under the call"))
-        except Exception as exc:  # mapped by the caller, as any call's error
+        except (StreamTerminatedError, GrpclibProtocolError, H2ProtocolError) as exc:
+            # grpclib's and h2's own exceptions stop here: the client reads only the errors
+            # transports/errors.py maps (they once leaked into the outcome mapping).
+            call.fail(ConnectionError(f"the connection failed: {describe(exc)}"))
+        except Exception as exc:  # OSError, TimeoutError, ...: mapped by transports/errors.py
             call.fail(exc)
 
     def reconnect(self) -> None:
@@ -343,9 +342,3 @@ class GrpclibTransport:
     def close(self) -> None:
         self._channel.close()
 
-
-def _error_name(code: int) -> str:
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return f"error {code}"

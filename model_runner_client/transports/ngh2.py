@@ -23,12 +23,21 @@ from collections.abc import Callable
 from typing import Any
 
 import ngh2
-from grpclib.const import Status as GrpcStatus
-from grpclib.exceptions import GRPCError
 
 from ..models import ModelEndpoint
 from ..transport_security import ConnectionSecurity
-from .call import Call, FrameBudget, grpc_timeout, read_answer
+from .call import (
+    MAX_UNREAD_ACKS,
+    UNREAD_ACKS,
+    Call,
+    FrameBudget,
+    RequestHeaders,
+    error_name,
+    grpc_message,
+    no_trailers,
+    not_processed,
+    stream_reset,
+)
 
 __all__ = ["Ngh2Transport"]
 
@@ -40,8 +49,6 @@ CONNECT_TIMEOUT = 20.0
 _USER_AGENT = b"model-runner-client (ngh2)"
 _CONFIG = ngh2.Configuration()
 _SETTINGS = {ngh2.Setting.ENABLE_PUSH: 0, ngh2.Setting.INITIAL_WINDOW_SIZE: 1 << 20}
-#: PING and SETTINGS acks queued while the host does not read (nghttp2's max_outbound_ack).
-MAX_UNREAD_ACKS = 1000
 
 
 class _Call(Call):
@@ -223,8 +230,7 @@ class _Connection(asyncio.Protocol):
             self._fail(event.stream_id, error)
             return
         if event.end_stream:  # data that ends the stream: no trailers, not gRPC
-            self._fail(event.stream_id, GRPCError(
-                GrpcStatus.INTERNAL, "the host ended its answer without gRPC trailers"))
+            self._fail(event.stream_id, no_trailers())
 
     def _on_trailers(self, event: Any) -> None:
         call = self.calls.get(event.stream_id)
@@ -233,12 +239,11 @@ class _Connection(asyncio.Protocol):
             self._settle(event.stream_id, call)
 
     def _on_reset(self, event: Any) -> None:
-        self._fail(event.stream_id, ConnectionResetError(
-            f"the host reset the stream ({_error_name(event.error_code)})"))
+        self._fail(event.stream_id, stream_reset(event.error_code))
 
     def _on_closed(self, event: Any) -> None:
         if event.stream_id in self.calls:
-            reason = event.local_error or _error_name(event.error_code)
+            reason = event.local_error or error_name(event.error_code)
             self._fail(event.stream_id, ConnectionResetError(
                 f"the stream closed before its answer ({reason})"))
 
@@ -246,20 +251,17 @@ class _Connection(asyncio.Protocol):
         # Later calls open a new connection; the calls the host took (up to its last stream id)
         # get their answers here, then the connection closes.
         for stream_id in [s for s in self.calls if s > event.last_stream_id]:
-            self._fail(stream_id, ConnectionResetError(
-                f"the host is going away (GOAWAY {_error_name(event.error_code)}) and did not "
-                "process this call"))
+            self._fail(stream_id, not_processed(event.error_code))
         self.retire()
 
     def _on_connection_closed(self, event: Any) -> None:
-        self.abort(ConnectionError(f"the host closed HTTP/2 ({_error_name(event.error_code)})"))
+        self.abort(ConnectionError(f"the host closed HTTP/2 ({error_name(event.error_code)})"))
 
     def _on_control(self, event: Any) -> None:
         if self._paused:  # its ack waits behind what the host does not read
             self._unread_acks += 1
             if self._unread_acks > MAX_UNREAD_ACKS:
-                reason = (f"the host sent over {MAX_UNREAD_ACKS} PING/SETTINGS frames and read "
-                          "none of the acks")
+                reason = UNREAD_ACKS
                 logger.warning("closing a connection: %s", reason)
                 self.abort(ConnectionError(reason))
 
@@ -283,12 +285,6 @@ class _Connection(asyncio.Protocol):
             call.fail(error)
 
 
-def _error_name(code: int) -> str:
-    try:
-        return ngh2.ErrorCode(code).name
-    except ValueError:
-        return f"error {code}"
-
 
 class Ngh2Transport:
     """The unary calls of one model, over one HTTP/2 connection driven by ngh2."""
@@ -300,12 +296,8 @@ class Ngh2Transport:
         self.limit = max_receive_message_length
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
-        authority = security.server_name or endpoint.address
-        self._head = [(b":method", b"POST"), (b":scheme", b"https" if security.ssl else b"http"),
-                      (b":authority", authority.encode())]
-        self._tail = [(b"content-type", b"application/grpc"), (b"te", b"trailers"),
-                      (b"user-agent", _USER_AGENT)]
-        self._headers: dict[str, list[tuple[bytes, bytes]]] = {}  # by path
+        self._headers = RequestHeaders(security.server_name or endpoint.address, security,
+                                       _USER_AGENT)
         self._closed = False
 
     # --- calls -------------------------------------------------------------------------------
@@ -323,11 +315,12 @@ class Ngh2Transport:
                 self._connect_then_open(call, path, message, deadline))
         return call
 
-    def finish(self, call: _Call) -> bytes:
-        return read_answer(call, self.security)
+    def finish(self, call: Call) -> bytes:
+        return grpc_message(call, self.security)
 
-    def abandon(self, call: _Call) -> None:
+    def abandon(self, call: Call) -> None:
         """The caller gives up (the deadline): RST_STREAM CANCEL, and the stream is forgotten."""
+        assert isinstance(call, _Call), "a call this transport started"
         if call.connection is not None:
             call.connection.cancel(call.stream_id)
         call.abandon()
@@ -342,18 +335,7 @@ class Ngh2Transport:
 
     def _open(self, connection: _Connection, call: _Call, path: str, message: bytes,
               deadline: float | None) -> None:
-        base = self._headers.get(path)
-        if base is None:
-            base = self._headers[path] = [*self._head, (b":path", path.encode()), *self._tail]
-        headers = base.copy()
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the deadline passed before the call was sent")
-            headers.append((b"grpc-timeout", grpc_timeout(remaining)))  # the time left now
-        metadata = self.security.metadata()
-        if metadata:
-            headers.extend((k.encode(), v.encode()) for k, v in metadata.items())
+        headers = self._headers.for_call(path, deadline)
         try:
             connection.open_stream(headers, message, call)
         except ngh2.NGH2Error as exc:
