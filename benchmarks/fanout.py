@@ -235,8 +235,11 @@ def main() -> None:
               f"({median(hang['times']) / 1.0:.3f}x the timeout)")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "fanout.json").write_text(json.dumps({"rows": rows, "hang": hang}, indent=1))
-    plot(rows, OUT / "fanout.png")
-    print(f"plot: {OUT / 'fanout.png'}")
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no plot: matplotlib is not installed (pip install -e '.[bench]')")
+    else:
+        plot(rows, OUT / "fanout.png")
+        print(f"plot: {OUT / 'fanout.png'}")
 
 
 if __name__ == "__main__":
