@@ -64,13 +64,13 @@ class ModelConnection:
         (time.monotonic() seconds); returns it at once."""
         return self.transport.start(CALL_PATH, message, deadline)
 
-    def finish_call(self, started: Call) -> bytes:
+    def finish_call(self, call: Call) -> bytes:
         """The answer of a call whose future is done; raises what the call ended with."""
-        return self.transport.finish(started)
+        return self.transport.finish(call)
 
-    def abandon_call(self, started: Call) -> None:
+    def abandon_call(self, call: Call) -> None:
         """Give up a call: the host is told to stop; its sending task, if any, is cancelled."""
-        self.transport.abandon(started)
+        self.transport.abandon(call)
 
     def reconnect(self) -> None:
         """Drop the connection; the next call opens a fresh one."""

@@ -41,11 +41,12 @@ def plan(targets: Sequence[tuple[str, Slot | None]], request: Request,
     """Decide each target's call. Every request is built first, so a bad argument raises
     (ArgumentError) before anything is sent or counted; shared arguments are framed once and
     the same bytes go to every model. A model cooling down uses up one of its skips here."""
-    shared = frame(request) if isinstance(request, bytes) else None
-    payloads = [None if slot is None or not slot.callable
-                else shared if shared is not None
-                else frame(request(slot.endpoint))  # type: ignore[operator]
-                for _, slot in targets]
+    if isinstance(request, bytes):
+        shared = frame(request)
+        payloads = [None if slot is None or not slot.callable else shared for _, slot in targets]
+    else:
+        payloads = [None if slot is None or not slot.callable else frame(request(slot.endpoint))
+                    for _, slot in targets]
     tick = Plan()
     for index, ((model_id, slot), payload) in enumerate(zip(targets, payloads, strict=True)):
         outcome: Outcome | None = None
