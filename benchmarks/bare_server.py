@@ -20,6 +20,7 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server, Stream
 
+from model_runner.codec import PassthroughCodec
 from model_runner.wire import (
     CALL_PATH,
     SETUP_PATH,
@@ -28,7 +29,6 @@ from model_runner.wire import (
     Status,
     encode_value,
 )
-from model_runner.wire.codec import PassthroughCodec
 from model_runner.wire.generated.dynamic_subclass import (
     CallRequest,
     DynamicSubclassServiceBase,

@@ -6,8 +6,9 @@
 It lists what it finds and every problem with its fix: files that do not compile (file:line),
 `requirements.txt` entries that are not installed, modules that fail to import or are shadowed,
 no subclass of the base class, a constructor that raises; with --call it calls a method through
-the host's own service and prints the answer as the client decodes it. Exit 0 only when a model
-would set up (and the call, if asked, succeeded); 1 otherwise; 2 for bad options.
+the host's own model core (`model.ModelCore`, what the gRPC service drives) and prints the
+answer as the client decodes it. Exit 0 only when a model would set up (and the call, if asked,
+succeeded); 1 otherwise; 2 for bad options. It needs the host alone, not the client.
 
 `static_findings` (what needs no user code to run: syntax, requirements) is also what the host
 logs when it starts.
@@ -24,7 +25,10 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from .arguments import Arguments
 
 __all__ = ["main", "static_findings"]
 
@@ -84,17 +88,25 @@ def _arguments(text: str | None, option: str) -> tuple[list[Any], dict[str, Any]
     return [value], {}
 
 
+def _request_arguments(arguments: tuple[list[Any], dict[str, Any]]) -> Arguments:
+    """JSON values as a request's arguments, as a client encodes them."""
+    from .wire import encode_value
+    from .wire.pb2.commons_pb2 import Argument, KwArgument, Variant
+
+    def variant(value: Any) -> Variant:
+        encoded = encode_value(value)
+        return Variant(type=cast(Any, int(encoded.type)), value=encoded.value)  # an int enum
+
+    args, kwargs = arguments
+    return ([Argument(position=i, data=variant(a)) for i, a in enumerate(args)],
+            [KwArgument(keyword=k, data=variant(v)) for k, v in kwargs.items()])
+
+
 async def _run(code_directory: Path, base_class: str, init: tuple[list[Any], dict[str, Any]],
                method: str | None, call: tuple[list[Any], dict[str, Any]]) -> bool:
-    from grpclib.health.check import ServiceStatus
-
-    from model_runner_client.answers import read_call_answer
-    from model_runner_client.encoding import ResultDecoder, encode_call, encode_setup
-
     from .discovery import DiscoveryError, discover_class
-    from .service import DynamicSubclassService
-    from .wire import DEFAULT_MAX_MESSAGE_LENGTH
-    from .wire.pb2.dynamic_subclass_pb2 import CallRequest, SetupRequest
+    from .model import ModelCore
+    from .wire import DEFAULT_MAX_MESSAGE_LENGTH, StatusCode, VariantError, decode_value
 
     try:
         cls = discover_class(code_directory, base_class)
@@ -106,30 +118,34 @@ async def _run(code_directory: Path, base_class: str, init: tuple[list[Any], dic
         print(f"problem: importing the submission raised {describe(exc)}")
         return False
     print(f"found: {cls.__module__}.{cls.__qualname__} implements {base_class}")
-    service = DynamicSubclassService(code_directory, model_status=ServiceStatus(),
-                                     max_receive_message_length=DEFAULT_MAX_MESSAGE_LENGTH,
-                                     max_send_message_length=DEFAULT_MAX_MESSAGE_LENGTH)
+    # The host's own core, as the gRPC service drives it: the same lifecycle, queue and codec.
+    model = ModelCore(code_directory, max_send_message_length=DEFAULT_MAX_MESSAGE_LENGTH)
     try:
-        setup = await service.setup(SetupRequest.FromString(encode_setup(base_class, *init)),
-                                    None)
-        status = setup.status
-        if status is None or status.code != "SUCCESS":
-            print(f"problem: Setup answered {status.code if status else '?'}: "
-                  f"{status.message if status else ''}")
+        setup = await model.setup(base_class, _request_arguments(init), None)
+        if setup.code is not StatusCode.SUCCESS:
+            print(f"problem: Setup answered {setup.code}: {setup.message}")
             return False
         print(f"set up: {cls.__qualname__}({_shown(init)}) constructed")
         if method is None:
             return True
-        raw = await service.call(CallRequest.FromString(encode_call(method, *call)), None)
-        outcome = read_call_answer(raw, 0, ResultDecoder())
-        if not outcome.status == "SUCCESS":
-            print(f"problem: {method}({_shown(call)}) -> {outcome.status}: {outcome.detail}")
+        answer = await model.call(method, _request_arguments(call), None)
+        # What a client reports (model_runner_client.answers.read_call_answer): any code but
+        # SUCCESS from a set-up model is a FAILURE, its detail the code and message; a result
+        # is decoded as ResultDecoder does without a `returns` type (no methodResponse: None).
+        if answer.code is not StatusCode.SUCCESS:
+            print(f"problem: {method}({_shown(call)}) -> FAILURE: {answer.code}: "
+                  f"{answer.message}")
             return False
-        print(f"called: {method}({_shown(call)}) -> {outcome.output!r} "
-              f"(as the client decodes it: {type(outcome.output).__name__})")
+        try:
+            output = None if answer.variant is None else decode_value(*answer.variant)
+        except VariantError as exc:
+            print(f"problem: {method}({_shown(call)}) -> FAILURE: unreadable result: {exc}")
+            return False
+        print(f"called: {method}({_shown(call)}) -> {output!r} "
+              f"(as the client decodes it: {type(output).__name__})")
         return True
     finally:
-        service.runner.close()
+        model.close()
 
 
 def _shown(arguments: tuple[list[Any], dict[str, Any]]) -> str:
@@ -164,12 +180,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                        "folder\n")
     init = _arguments(options.init_args, "--init-args")
     call = _arguments(options.args, "--args")
-    if importlib.util.find_spec("model_runner_client") is None:
-        # The host alone (host/pyproject.toml) has no client to read answers with.
-        parser.exit(2, "model-runner check: error: it reads answers as a coordinator's client "
-                       "does, and model-runner-client is not installed; install it (it holds "
-                       "the host too) in place of model-runner: pip install model-runner-client "
-                       "from this project's repository (README)\n")
     import logging
     logging.basicConfig(level=logging.CRITICAL)  # findings are printed, not logged
     from .containment import install

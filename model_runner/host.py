@@ -14,12 +14,13 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 
 from ._grpclib import ConnectionLimits, GuardedServer, listening_sockets
+from .codec import PassthroughCodec
 from .listen import WILDCARD_V6, dual_stack_socket, families
+from .model import ModelCore
 from .security import CallGuard, DelegationClaims, DelegationHeaders, server_tls_context
 from .service import DynamicSubclassService
 from .wire import DEFAULT_MAX_MESSAGE_LENGTH
 from .wire.auth import GatewayVerifier
-from .wire.codec import PassthroughCodec
 
 __all__ = ["DEFAULT_MAX_MESSAGE_LENGTH", "ConnectionLimits", "HostConfig", "ModelHost"]
 
@@ -94,11 +95,12 @@ class ModelHost:
         self._overall = ServiceStatus()
         self._model_status = ServiceStatus()
         self._model_status.set(False)
+        self.model = ModelCore(config.code_directory,
+                               max_send_message_length=config.max_send_message_length,
+                               on_instance=self._model_status.set)
         self.service = DynamicSubclassService(
-            config.code_directory,
-            model_status=self._model_status,
+            self.model,
             max_receive_message_length=config.max_receive_message_length,
-            max_send_message_length=config.max_send_message_length,
             authorize=call_guard(config),
         )
         health = Health({self.service: [self._model_status], OVERALL: [self._overall]})
@@ -167,7 +169,7 @@ class ModelHost:
                            grace, self.service.in_flight)
         self._server.close()
         await self._server.wait_closed()
-        self.service.runner.close()
+        self.model.close()
         logger.info("model host stopped")
 
     async def serve_until_signalled(self, on_ready: Callable[[], None] | None = None) -> None:

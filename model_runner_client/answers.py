@@ -10,10 +10,10 @@ from grpclib.health.v1.health_pb2 import HealthCheckResponse
 from model_runner.wire import MissingExtra, StatusCode, VariantError
 from model_runner.wire.codes import names_missing_method, names_unimportable_base
 from model_runner.wire.errors import describe
-from model_runner.wire.lean import parse_call_response, parse_setup_response
 from model_runner.wire.variant import check_value
 
 from .encoding import ResultDecoder
+from .lean import parse_call_response, parse_setup_response
 from .outcomes import Kind, Outcome
 from .results import DeferredOutput
 

@@ -8,9 +8,19 @@ import pytest
 import websockets
 from hypothesis import HealthCheck, settings
 
+from model_runner.wire import DynamicSubclassServiceStub
 from model_runner_client.transports import TRANSPORTS
 from tests.deployment import Deployment
-from tests.hosts import HOST_LOOPS, SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, loop_env, until_sync
+from tests.hosts import (
+    BASE,
+    HOST_LOOPS,
+    SUBMISSIONS,
+    TEST_SUBMISSIONS,
+    HostProcess,
+    loop_env,
+    set_up,
+    until_sync,
+)
 from tests.peer import Peer
 
 settings.register_profile("default", deadline=None,
@@ -63,6 +73,18 @@ def toolbox_host_on_each_loop(host_loop: str) -> Iterator[HostProcess]:
 good_host = _module_host(SUBMISSIONS / "good_tracker")
 raising_host = _module_host(SUBMISSIONS / "raising_tracker")
 bad_host = _module_host(SUBMISSIONS / "no_subclass")
+
+
+@pytest.fixture
+async def toolbox(toolbox_host: HostProcess) -> AsyncIterator[DynamicSubclassServiceStub]:
+    """The shared toolbox host's model, freshly set up for each test (Rest, then Setup with
+    arguments 1, "two", three=3.0, which `init` returns)."""
+    async with toolbox_host.channel() as channel:
+        stub = DynamicSubclassServiceStub(channel)
+        await stub.rest()
+        code, message = await set_up(stub, BASE, 1, "two", three=3.0)
+        assert code == "SUCCESS", message
+        yield stub
 
 
 @pytest.fixture

@@ -196,7 +196,7 @@ async def test_a_probe_that_finds_the_host_not_serving_sets_it_up_again(
     after every timeout (README "Failure policy")."""
     from grpclib.server import Server
 
-    from model_runner.wire.codec import PassthroughCodec
+    from model_runner.codec import PassthroughCodec
     odd = _OddHealth(health_answer)
     server = Server([odd], codec=PassthroughCodec())
     await server.start("127.0.0.1", 0)

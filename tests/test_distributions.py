@@ -13,6 +13,7 @@ Fresh venvs, packages from the registry: marked `install` (.ci/run runs them as 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import zipfile
@@ -156,14 +157,20 @@ async def test_the_host_installs_beside_a_submissions_requirements(
     assert str(ROOT) not in where and where.split()[-1] == "None", where
 
 
-def test_check_without_the_client_says_what_to_install(tmp_path: Path) -> None:
+def test_check_runs_on_the_host_alone(tmp_path: Path) -> None:
+    """`model-runner check` drives the host's model core and decodes answers with the wire
+    layer: the host's distribution, without the client, runs it (it once exited 2 asking for
+    model-runner-client)."""
     venv = make_venv(tmp_path / "venv", "3.13")
     pip(venv, "install", "-q", str(HOST))
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES)}
     result = subprocess.run([str(venv / "bin" / "model-runner"), "check", "--code-directory",
-                             str(SUBMISSIONS / "good_tracker"), "--base-class", BASE],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "install model-runner-client" in result.stderr, result.stderr
+                             str(SUBMISSIONS / "good_tracker"), "--base-class", BASE,
+                             "--call", "predict", "--args", '["BTC", 2]'],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "called: predict(\"BTC\", 2) -> " in result.stdout, result.stdout
+    assert "result: a model would set up" in result.stdout, result.stdout
 
 
 # --- the README's lines: path, git URL, built wheel ------------------------------------------

@@ -26,7 +26,8 @@ async def test_client_bounds_h2s_record_of_closed_streams(good_host: HostProcess
         # An internals test: it reaches the model's transport through the client's registry.
         transport: Any = client._registry.models.slots["good"].connection.transport
         assert isinstance(transport, GrpclibTransport)
-        closed = transport._channel._protocol.connection._connection._closed_streams
+        protocol: Any = transport._channel._protocol
+        closed = protocol.connection._connection._closed_streams
         assert len(closed) <= CLOSED_STREAMS_KEPT
 
 
@@ -85,7 +86,8 @@ async def test_a_call_on_a_connection_closed_under_it_is_a_connection_error(
                                  ConnectionSecurity(), 1 << 20)
     try:
         await unary(transport, CALL_PATH, frame(b""), None)  # connects (any answer will do)
-        connection = transport._channel._protocol.connection
+        protocol: Any = transport._channel._protocol
+        connection = protocol.connection
         real = connection._transport
         del connection._transport  # what Connection.close() leaves until connection_lost runs
         try:
@@ -144,3 +146,48 @@ def test_h2_parses_every_frame_through_the_frame_buffer_the_client_budgets() -> 
     ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00"
     connection.receive_data(settings + ping + b"\x00" * 8)
     assert len(seen) == 2
+
+
+def test_h2s_goaway_transition_the_client_overrides_is_where_it_looks() -> None:
+    """transports/grpclib.py keeps a connection open after a GOAWAY by replacing the entry
+    (CLIENT_OPEN, RECV_GOAWAY) of H2ConnectionStateMachine._transitions, which h2 reads in
+    process_input: the key must exist, and the override must keep the state open."""
+    import inspect
+
+    from h2.connection import (
+        ConnectionInputs,
+        ConnectionState,
+        H2ConnectionStateMachine,
+    )
+
+    key = (ConnectionState.CLIENT_OPEN, ConnectionInputs.RECV_GOAWAY)
+    assert key in H2ConnectionStateMachine._transitions
+    assert "self._transitions[" in inspect.getsource(H2ConnectionStateMachine.process_input)
+    machine = H2ConnectionStateMachine()
+    machine._transitions = {**machine._transitions, key: (None, ConnectionState.CLIENT_OPEN)}
+    machine.process_input(ConnectionInputs.SEND_HEADERS)  # IDLE -> CLIENT_OPEN
+    machine.process_input(ConnectionInputs.RECV_GOAWAY)
+    assert machine.state is ConnectionState.CLIENT_OPEN
+    assert H2ConnectionStateMachine().state is ConnectionState.IDLE  # the class is untouched
+
+
+async def test_grpclib_servers_protocol_factory_is_what_the_host_rewrites() -> None:
+    """model_runner/_grpclib.py's GuardedServer._protocol_factory rewrites grpclib's own to build
+    a guarded handler and protocol: it calls __gc_step__ and reads _mapping, _codec,
+    _status_details_codec, __dispatch__, _handlers, _config and _h2_config, as grpclib's does."""
+    import inspect
+
+    from grpclib.server import Server
+
+    from model_runner._grpclib import ConnectionLimits, GuardedServer
+    from model_runner.codec import PassthroughCodec
+
+    source = inspect.getsource(Server._protocol_factory)
+    for name in ("self.__gc_step__()", "self._mapping", "self._codec",
+                 "self._status_details_codec", "self.__dispatch__", "self._handlers.add(",
+                 "self._config", "self._h2_config"):
+        assert name in source, name
+    server = GuardedServer([], codec=PassthroughCodec(), limits=ConnectionLimits())
+    assert server._mapping == {} and isinstance(server._handlers, set)
+    protocol = server._protocol_factory()
+    assert len(server._handlers) == 1 and protocol.handler in server._handlers

@@ -16,6 +16,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from model_runner.codec import PassthroughCodec
 from model_runner.wire import (
     CALL_PATH,
     Argument,
@@ -26,7 +27,6 @@ from model_runner.wire import (
     StatusCode,
     Variant,
 )
-from model_runner.wire.codec import PassthroughCodec
 from tests.hosts import HostProcess, set_up
 
 method_names = st.sampled_from(["echo", "first", "only_x", "predict", "tick", "fail", "big",

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from model_runner.wire import CallResponse, SetupResponse, Status, Variant
-from model_runner.wire.lean import parse_call_response, parse_setup_response
+from model_runner_client.lean import parse_call_response, parse_setup_response
 
 variants = st.builds(Variant, type=st.integers(0, 6), value=st.binary(max_size=40))
 responses = st.builds(

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from grpclib.const import Status as GrpcStatus
 from grpclib.exceptions import GRPCError
 
-from model_runner.wire import CallRequest, DynamicSubclassServiceStub, Empty
+from model_runner.wire import CallRequest, DynamicSubclassServiceStub, Empty, StatusCode
 from tests.hosts import SUBMISSIONS, TEST_SUBMISSIONS, HostProcess, call, ok, set_up
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def toolbox(toolbox_host: HostProcess) -> AsyncIterator[DynamicSubclassServiceStub]:
-    """A toolbox model freshly set up for each test (Rest, then Setup)."""
-    async with toolbox_host.channel() as channel:
-        stub = DynamicSubclassServiceStub(channel)
-        await stub.rest()
-        assert (await set_up(stub, "starter_challenge.tracker.TrackerBase", 1, "two",
-                            three=3.0))[0] == "SUCCESS"
-        yield stub
 
 
 def start(path: Path, *args: str) -> HostProcess:
@@ -251,18 +240,14 @@ async def test_rest_drops_the_instance_and_reimports(toolbox: DynamicSubclassSer
 async def test_per_name_state_is_bounded_and_failures_are_logged_once(
         caplog: pytest.LogCaptureFixture) -> None:
     """20,000 distinct method names once held 16.6 MB of cache in the host, and every failed
-    call logged its traceback. The service is driven in this process: the caches under test are
-    its private attributes."""
+    call logged its traceback. The model core is driven in this process: the bound on its own
+    caches is what is tested."""
     import logging
     import sys
 
-    from grpclib.health.check import ServiceStatus
-
-    from model_runner.service import METHODS_REMEMBERED, DynamicSubclassService
+    from model_runner.model import METHODS_REMEMBERED, ModelCore
     from model_runner.wire import encode_value
     from model_runner.wire.pb2.commons_pb2 import Argument, KwArgument, Variant
-    from model_runner.wire.pb2.dynamic_subclass_pb2 import CallRequest as Request
-    from model_runner.wire.pb2.dynamic_subclass_pb2 import SetupRequest
     from tests.hosts import BASE, EXAMPLES
 
     def variant(value: object) -> Variant:
@@ -270,30 +255,46 @@ async def test_per_name_state_is_bounded_and_failures_are_logged_once(
         return Variant(type=int(encoded.type), value=encoded.value)
 
     sys.path.insert(0, str(EXAMPLES))
-    service = DynamicSubclassService(TEST_SUBMISSIONS / "toolbox", model_status=ServiceStatus(),
-                                     max_receive_message_length=1 << 20,
-                                     max_send_message_length=1 << 20)
+    model = ModelCore(TEST_SUBMISSIONS / "toolbox", max_send_message_length=1 << 20)
     try:
-        await service.setup(SetupRequest(className=BASE), None)
+        await model.setup(BASE, ([], []), None)
         for i in range(2_000):
-            await service.call(Request(methodName=f"missing_{i}"), None)
+            await model.call(f"missing_{i}", ([], []), None)
         one = Argument(position=0, data=variant(1))
         for i in range(600):  # 600 distinct sets of keywords `first` does not take
-            await service.call(Request(methodName="first", methodArguments=[one],
-                                       methodKwArguments=[KwArgument(keyword=f"k{i}",
-                                                                     data=variant(i))]), None)
-        # Internals, on purpose: the bound on the service's own caches is what is tested.
-        assert len(service._methods) <= METHODS_REMEMBERED
-        assert len(service._dropped_logged) <= METHODS_REMEMBERED
-        assert len(service._failures_logged) <= METHODS_REMEMBERED
+            await model.call("first", ([one], [KwArgument(keyword=f"k{i}", data=variant(i))]),
+                             None)
+        remembered = model.remembered()
+        assert set(remembered) == {"methods", "dropped keyword sets", "failures"}, remembered
+        assert all(0 < size <= METHODS_REMEMBERED for size in remembered.values()), remembered
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="model_runner.service"):
+        with caplog.at_level(logging.WARNING, logger="model_runner.model"):
             for _ in range(250):
-                await service.call(Request(methodName="fail"), None)
+                await model.call("fail", ([], []), None)
         raised = [r for r in caplog.records if "fail: MODEL_FAILED" in r.getMessage()]
         assert len(raised) == 3  # the first, with its traceback, then the 100th and 200th
         assert "Traceback" in raised[0].getMessage() and "(200 times so far)" in \
             raised[2].getMessage()
     finally:
-        service.runner.close()
+        model.close()
         sys.path.remove(str(EXAMPLES))
+
+
+@pytest.mark.anyio
+async def test_requests_hold_at_most_1024_arguments_and_256_character_keywords(
+        toolbox_host: HostProcess) -> None:
+    """README "Requests": 1,024 positional and 1,024 keyword arguments are taken, one more is
+    INVALID_ARGUMENT; a keyword of 256 characters is taken, one of 257 is not."""
+    async with toolbox_host.channel() as channel:
+        stub = DynamicSubclassServiceStub(channel)
+        await set_up(stub)
+        assert len((await ok(stub, "echo", *range(1024)))["args"]) == 1024
+        echoed = await ok(stub, "echo", **{f"k{i}": i for i in range(1024)})
+        assert len(echoed["kwargs"]) == 1024
+        assert (await ok(stub, "echo", **{"k" * 256: 1}))["kwargs"] == {"k" * 256: 1}
+        for too_many in ({"args": range(1025)}, {"kwargs": {f"k{i}": i for i in range(1025)}},
+                         {"kwargs": {"k" * 257: 1}}):
+            code, message, _ = await call(stub, "echo", *too_many.get("args", ()),
+                                          **dict(too_many.get("kwargs", {})))
+            assert code == StatusCode.INVALID_ARGUMENT, (code, message)
+            assert "at most" in message, message

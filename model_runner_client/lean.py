@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from .pb2.dynamic_subclass_pb2 import CallResponse, SetupResponse
+from model_runner.wire.pb2.dynamic_subclass_pb2 import CallResponse, SetupResponse
 
 __all__ = ["LeanCallResponse", "parse_call_response", "parse_setup_response"]
 
