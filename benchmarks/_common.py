@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import statistics
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-from model_runner.process import host_environment
+from model_runner import process
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -17,34 +14,9 @@ EXAMPLES = ROOT / "examples"
 OUT = BENCH / "out"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_script(script: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
     """Run benchmarks/<script> PORT ARGS... and wait until it listens on PORT."""
-    port = free_port()
-    return start_listening([sys.executable, str(BENCH / script), str(port), *args], port,
-                           env=host_environment([EXAMPLES, ROOT])), port
-
-
-def start_listening(argv: list[str], port: int, *, env: dict[str, str],
-                    cwd: Path | None = None, timeout: float = 30) -> subprocess.Popen[bytes]:
-    """Run `argv` and wait until something listens on 127.0.0.1:`port`."""
-    script = Path(argv[1]).name if len(argv) > 1 else argv[0]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env, cwd=cwd)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{script} exited with {proc.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"{script} did not listen on {port}")
+    return process.start_script(BENCH / script, *args, python_path=[EXAMPLES, ROOT])
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -38,8 +38,8 @@ from pathlib import Path
 
 from grpclib.client import Channel
 
-from benchmarks._common import BENCH, EXAMPLES, ROOT, free_port, start_listening, table
-from model_runner.process import host_environment
+from benchmarks._common import BENCH, EXAMPLES, ROOT, table
+from model_runner.process import free_port, host_environment, start_listening
 from model_runner.wire import (
     CALL_PATH,
     Argument,

@@ -31,9 +31,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import BENCH, EXAMPLES, ROOT, free_port, percentile, start_listening, table
+from benchmarks._common import BENCH, EXAMPLES, ROOT, percentile, table
 from benchmarks.host_cost import host_cost
-from model_runner.process import ModelHostProcess, host_environment
+from model_runner.process import ModelHostProcess, free_port, host_environment, start_listening
 
 NOOP = BENCH / "submissions" / "noop"
 HUNG = ROOT / "tests" / "submissions" / "hung"

@@ -23,14 +23,12 @@ from grpclib.client import Channel
 from benchmarks._common import (
     BENCH,
     EXAMPLES,
-    free_port,
     median,
     percentile,
-    start_listening,
     start_script,
     table,
 )
-from model_runner.process import ModelHostProcess, host_environment
+from model_runner.process import ModelHostProcess, free_port, host_environment, start_listening
 from model_runner.wire import (
     Argument,
     CallRequest,

@@ -6,6 +6,10 @@ at once without racing for free ports. Used by tests, benchmarks and the local o
 Its output is kept in memory, bounded (the beginning, with the announcement, and the end): a
 model printing in a loop once wrote 200 MB of log file in 1.4 s. Each host leads a process group
 of its own, and stopping it kills the group, so processes the model forked die with it.
+
+Servers that take their port as an argument (the benchmarks' servers, the tests' hostile
+hosts) are started with `start_script` (or `free_port` and `start_listening`), shared by tests
+and benchmarks.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,8 +29,8 @@ import anyio
 
 from .containment import PARENT_PID
 
-__all__ = ["DEFAULT_LISTEN_HOST", "LOG_HEAD", "LOG_TAIL", "ModelHostProcess",
-           "host_environment"]
+__all__ = ["DEFAULT_LISTEN_HOST", "LOG_HEAD", "LOG_TAIL", "ModelHostProcess", "free_port",
+           "host_environment", "start_listening", "start_script"]
 
 #: Bytes of a host's output kept from its beginning and from its end.
 LOG_HEAD = 64 * 1024
@@ -48,6 +53,39 @@ def host_environment(
         filter(None, [*(str(p) for p in python_path), environ.get("PYTHONPATH")]))
     environ.update(env or {})
     return environ
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (another process may take it before it is bound)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_listening(argv: list[str], port: int, *, env: Mapping[str, str],
+                    cwd: Path | None = None, timeout: float = 30) -> subprocess.Popen[bytes]:
+    """Run `argv` and wait until something listens on 127.0.0.1:`port`; raises RuntimeError
+    naming the script when it exits first or does not listen within `timeout` seconds."""
+    script = Path(argv[1]).name if len(argv) > 1 else argv[0]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=dict(env), cwd=cwd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{script} exited with {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.05)  # another process, no event to wait on: poll its port
+    proc.kill()
+    raise RuntimeError(f"{script} did not listen on {port} within {timeout:g} s")
+
+
+def start_script(script: Path, *args: str, python_path: Sequence[Path] = ()
+                 ) -> tuple[subprocess.Popen[bytes], int]:
+    """Run `python SCRIPT PORT ARGS...` on a free port and wait until it listens there."""
+    port = free_port()
+    return start_listening([sys.executable, str(script), str(port), *args], port,
+                           env=host_environment(python_path)), port
 
 
 class _BoundedLog:

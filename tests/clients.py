@@ -10,16 +10,15 @@ processes in tests/hosts.py, the fixtures sharing them in tests/conftest.py.
 from __future__ import annotations
 
 import contextlib
-import sys
+import subprocess
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from benchmarks._common import ROOT, free_port, start_listening
-from model_runner.process import host_environment
+from model_runner.process import free_port, start_script
 from model_runner_client import ModelEndpoint, ModelRunnerClient
-from tests.hosts import BASE, HostProcess
+from tests.hosts import BASE, EXAMPLES, ROOT, HostProcess
 
-__all__ = ["address_client", "endpoint", "free_port", "hostile", "models_at",
+__all__ = ["FAST_SERVER", "address_client", "endpoint", "free_port", "hostile", "models_at",
            "orchestrator_client"]
 
 
@@ -55,12 +54,19 @@ def orchestrator_client(port: int, crunch_id: str = "crunch",
     return client
 
 
+#: benchmarks/fast_server.py: a DynamicSubclassService answering in a set delay, of a set weight.
+FAST_SERVER = ROOT / "benchmarks" / "fast_server.py"
+
+
+def start_fast_server(*args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """benchmarks/fast_server.py ARGS on a free port (the examples importable); (process, port)."""
+    return start_script(FAST_SERVER, *args, python_path=[EXAMPLES, ROOT])
+
+
 @contextlib.contextmanager
 def hostile(mode: str) -> Iterator[int]:
     """tests/hostile_host.py in `mode`, as its own process; yields its port."""
-    port = free_port()
-    proc = start_listening([sys.executable, str(ROOT / "tests" / "hostile_host.py"), str(port),
-                            mode], port, env=host_environment([ROOT]))
+    proc, port = start_script(ROOT / "tests" / "hostile_host.py", mode, python_path=[ROOT])
     try:
         yield port
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks._common import free_port
+from model_runner.process import free_port
 
 
 def binaries() -> Path:

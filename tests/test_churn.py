@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from benchmarks.soak import on_current_hosts
 from model_runner.local_orchestrator import LocalOrchestrator, ModelSpec
 from model_runner_client import CallStatus, ModelRunnerClient
 from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, until
@@ -51,7 +50,8 @@ async def test_no_call_fails_and_no_model_is_lost_under_churn(transport: str) ->
             await orchestrator.wait_running(timeout=60)  # a killed model waits for its restart
             # Every model back in the client, on its current host: the client may learn of the
             # last restarts a few frames after wait_running() returns.
-            await until(lambda: on_current_hosts(orchestrator, client), timeout=60)
+            await until(lambda: {m.model_id: m.port for m in client.models} == orchestrator.ports(),
+                        timeout=60)  # the client holds the current hosts, one for one
             assert (await client.call("predict", "BTC", 2)).counts()[CallStatus.SUCCESS] == 7
         # Internals, on purpose: every host process it ever spawned, replaced ones included.
         spawned = list(orchestrator._spawned)

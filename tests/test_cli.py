@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -207,3 +208,17 @@ async def test_host_serves_with_every_option_of_the_existing_runner(how: str) ->
     finally:
         host.stop()
     assert "has_gpu=True main_file=tracker.py resource_directory=/tmp" in host.log
+
+
+def test_model_runner_uvloop_0_keeps_the_default_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_runner import eventloop
+    monkeypatch.setenv("MODEL_RUNNER_UVLOOP", "0")
+    assert not eventloop.uvloop_enabled()
+
+    async def loop_type() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert eventloop.run(loop_type()).startswith("asyncio")
+    monkeypatch.setenv("MODEL_RUNNER_UVLOOP", "1")
+    assert eventloop.uvloop_enabled()  # installed with the test extra
+    assert eventloop.run(loop_type()).startswith("uvloop")

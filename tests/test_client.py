@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from model_runner_client import (
     UnknownModelError,
 )
 from tests import clients
-from tests.clients import ScriptedSource, address_client, free_port
+from tests.clients import ScriptedSource, address_client, free_port, hostile, models_at
 from tests.hosts import (
     BASE,
     SUBMISSIONS,
@@ -320,10 +321,15 @@ async def test_a_host_that_lost_its_instance_is_set_up_again(toolbox_host: HostP
         assert (await client.call("first", 3))["tool"].output == 3
 
 
-async def test_setup_retries_until_the_host_is_up() -> None:
+async def test_setup_retries_until_the_host_is_up(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
+
+    def retries() -> int:
+        return sum("retrying in" in r.getMessage() for r in caplog.records)
+
+    caplog.set_level(logging.INFO, logger="model_runner_client")
     async with address_client([f"127.0.0.1:{port}"], connect_attempts=20) as client:
-        await asyncio.sleep(0.5)  # time passes: still pending, retrying, no error
+        await until(lambda: retries() >= 2)  # Setup failed twice: still pending, no error
         assert client.models == [] and len(client.pending) == 1
         host = HostProcess(TEST_SUBMISSIONS / "toolbox", port=port).start()
         try:
@@ -447,16 +453,30 @@ async def test_warns_when_models_near_the_open_file_limit(
 
 
 async def test_closing_with_calls_in_flight_blames_no_network(
-        toolbox_host: HostProcess, caplog: pytest.LogCaptureFixture) -> None:
+        toolbox_host: HostProcess, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     """Every call ends unreachable when the client closes under them: that is no sign of the
     coordinator's network being down."""
     client = address_client([endpoint(toolbox_host, "one"), endpoint(toolbox_host, "two")],
                          timeout=5.0)
     await client.start()
     await client.wait_for_models(2, timeout=20)
-    in_flight = asyncio.ensure_future(client.call("sleep", 3.0))
-    await asyncio.sleep(0.2)  # time passes: both calls are under way
+    mark = tmp_path / "in-flight"
+    in_flight = asyncio.ensure_future(client.call("sleep", 3.0, kwargs={"mark": str(mark)}))
+    await until(mark.exists)  # under way: one runs on the host, the other waits its turn
     await client.close()
     results = await asyncio.wait_for(in_flight, 2.0)
     assert [r.status for r in results] == [CallStatus.TIMEOUT, CallStatus.TIMEOUT]
     assert "network is likely down" not in caplog.text
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("transport")
+async def test_at_most_64_models_are_set_up_at_once() -> None:
+    """200 models on a host that holds each Setup 0.3 s: they all get set up, never more than
+    64 Setups at once (the host counts them across its connections), and not one by one; on
+    each transport."""
+    with hostile("slow-setup") as port:
+        async with address_client(models_at(port, 200), setup_timeout=20) as client:
+            await client.wait_for_models(200, timeout=60)
+            most = (await client.call("predict", models=["m0"]))["m0"].output
+    assert 16 <= most <= 64, most  # README: "At most 64 models are set up at once"

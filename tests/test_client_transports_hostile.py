@@ -12,9 +12,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from benchmarks._common import start_script
 from model_runner_client import CallStatus
-from tests.clients import address_client, hostile, models_at
+from tests.clients import address_client, hostile, models_at, start_fast_server
 from tests.hosts import reported, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
@@ -100,7 +99,7 @@ async def honest_beside_hostile(mode: str, hostile_models: int, delay: float, ti
     tick takes under `longest_tick` seconds and `most_cpu_per_tick` of this process's CPU when
     given. Returns the hostile models' details, tick after tick."""
     details: list[str] = []
-    server, port = start_script("fast_server.py", "--delay", str(delay))
+    server, port = start_fast_server("--delay", str(delay))
     try:
         with hostile(mode) as bad_port:
             client = address_client(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks._common import free_port
+from model_runner.process import free_port
 from tests.hermes import BTC_USD, hermes_stand_in
 from tests.hosts import ROOT, until_sync
 from tests.postgres import Postgres, postgres_server

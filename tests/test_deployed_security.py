@@ -8,8 +8,12 @@ GatewayCredentials: TLS with the system CAs and a signed token per call, checked
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
+import logging
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -367,3 +371,65 @@ def test_gateway_tokens_signed_once_per_second(coordinator_key: rsa.RSAPrivateKe
     verifier.check(second, now=1001.0)
     with pytest.raises(AuthError, match="outside"):
         verifier.check(first, now=1100.0)
+
+
+def test_a_delegation_without_expires_at_never_expires(tmp_path: Path) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from model_runner.wire.auth import Delegation, verify_delegation
+    from tests.deployment import wallet_address
+
+    wallet = ed25519.Ed25519PrivateKey.generate()
+    tls_key = b"\x30" + os.urandom(40)  # any bytes stand for the TLS key here
+    message = json.dumps({"cert_pub": base64.b64encode(tls_key).decode(), "model_id": "m",
+                          "hotkey": None}).encode()
+    delegation = Delegation(base64.b64encode(message).decode(),
+                            base64.b64encode(wallet.sign(message)).decode(),
+                            wallet_address(wallet))
+    expires = verify_delegation(delegation.headers(), wallet_pubkey=wallet_address(wallet),
+                                model_id="m", hotkey=None, peer_spki=tls_key,
+                                now=time.time() + 10 * 365 * 86400)
+    assert expires == float("inf")
+
+
+def test_the_host_reads_a_renewed_delegation_without_a_restart(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from model_runner.security import DelegationHeaders
+    from model_runner.wire.auth import SERVER_AUTH_MESSAGE, Delegation, cert_spki
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    wallet = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "cruncher_msg.json"
+
+    def sign(model_id: str) -> Delegation:
+        return Delegation.sign(wallet, cert_pub=cert_spki(pki.server_cert.read_bytes()),
+                               model_id=model_id, hotkey=None, expires_at=int(time.time()) + 60)
+
+    sign("first").save(path)
+    headers = DelegationHeaders(path, pki.server_cert)
+    headers.RECHECK_SECONDS = 0.0
+
+    class Event:
+        def __init__(self) -> None:
+            self.metadata: dict[str, Any] = {}
+
+    def served() -> str:
+        event = Event()
+        asyncio.run(headers(event))
+        return str(event.metadata[SERVER_AUTH_MESSAGE])
+
+    first = served()
+    renewed = sign("renewed")
+    renewed.save(path)
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a later modification time
+    assert served() == renewed.message != first
+    path.write_text("{not json")
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    with caplog.at_level(logging.ERROR, logger="model_runner.security"):
+        assert served() == renewed.message  # a bad renewal keeps the previous delegation
+    assert "kept the previous delegation" in caplog.text

@@ -24,7 +24,7 @@ from model_runner_client import (
     OrchestratorLink,
     model_set,
 )
-from tests.clients import address_client, endpoint, models_at
+from tests.clients import address_client, endpoint, models_at, start_fast_server
 from tests.hosts import BASE, TEST_SUBMISSIONS, HostProcess, until
 from tests.peer import Peer, client_for, entry, ids
 
@@ -228,8 +228,7 @@ async def test_a_tick_is_bounded_whatever_the_answers_weigh(transport: str) -> N
     """30 models answering ~4 MiB of nested JSON each, 0.5 s into a 1 s call: every answer was
     once decoded after the calls settled (~1.7 s more for 20 here: benchmarks/heavy_answers.py);
     now each gets a cheap check while a budget lasts and is decoded when its output is read."""
-    from benchmarks._common import start_script
-    server, port = start_script("fast_server.py", "--delay", "0.5", "--json-mib", "4")
+    server, port = start_fast_server("--delay", "0.5", "--json-mib", "4")
     try:
         client = address_client(models_at(port, 30), timeout=1.0,
                                 max_consecutive_timeouts=100,

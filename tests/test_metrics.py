@@ -63,11 +63,21 @@ async def test_a_model_removed_during_a_tick_keeps_no_series(toolbox_host: HostP
     """A model removed after it answered, while the tick waits for another: its LEFT is
     dispatched before the tick records its latency, so the tick forgets it too (or its series
     would stay for good)."""
-    quick = HostProcess(TEST_SUBMISSIONS / "toolbox").start()
+    import sys
+
+    from model_runner import HostConfig, ModelHost
+    from tests.hosts import EXAMPLES
+
+    # The quick model's host runs in this process, so the test sees when it has written its
+    # answer (`service.in_flight` drops once the trailers are written).
+    sys.path.insert(0, str(EXAMPLES))
+    quick = ModelHost(HostConfig(TEST_SUBMISSIONS / "toolbox", host="127.0.0.1", port=0))
+    await quick.start()
     try:
         registry = CollectorRegistry()
         events: list[ModelEvent] = []
-        source = ScriptedSource([endpoint(quick, "quick"), endpoint(toolbox_host, "slow")])
+        assert quick.port is not None
+        source = ScriptedSource([endpoint(quick.port, "quick"), endpoint(toolbox_host, "slow")])
         client = ModelRunnerClient(source=source, base_classname=BASE, timeout=10.0,
                                    metrics=PrometheusMetrics(registry), on_event=events.append)
         async with client:
@@ -77,7 +87,10 @@ async def test_a_model_removed_during_a_tick_keeps_no_series(toolbox_host: HostP
                 "sleep", per_model=lambda m: (([0.0], {"mark": str(mark)})
                                               if m.model_id == "quick" else ([3.0], None))))
             await until(mark.exists)  # the quick model is answering
-            await asyncio.sleep(0.5)  # time passes: its answer arrives (no event to wait for)
+            await until(lambda: quick.service.in_flight == 0)  # its answer is written
+            # On loopback the bytes are already at the client, whose protocol (on this loop)
+            # reads them at the loop's next poll: one yield, before the removal is queued.
+            await asyncio.sleep(0)
             source.registry.remove("quick", "the test removes it")
             await until(lambda: any(e.kind is EventKind.LEFT for e in events))
             assert not tick.done()  # the LEFT came during the tick, as this test needs
@@ -88,4 +101,5 @@ async def test_a_model_removed_during_a_tick_keeps_no_series(toolbox_host: HostP
             assert 'model_id="slow"' in text
             assert 'model_id="quick"' not in text, text
     finally:
-        quick.stop()
+        await quick.drain(0)
+        sys.path.remove(str(EXAMPLES))

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import socket
 import time
 
+import anyio
+import anyio.lowlevel
 import pytest
 import websockets
+from hypothesis import given
+from hypothesis import strategies as st
 
-from model_runner_client import CallStatus, EventKind, ModelEvent
-from model_runner_client.orchestrator import parse_entry
+from model_runner_client import CallStatus, EventKind, ModelEndpoint, ModelEvent, OrchestratorLink
+from model_runner_client.orchestrator import backoff_delay, parse_entry
 from tests.hosts import TEST_SUBMISSIONS, HostProcess, until
 from tests.peer import Peer, client_for, entry, ids, settle
 
@@ -235,3 +241,63 @@ async def test_a_refusal_with_a_reason_is_shown_and_backed_off(
     assert [r.levelno for r in refusals[:1]] == [logging.WARNING]
     assert all(r.levelno == logging.DEBUG for r in refusals[1:])
     assert 2 <= len(refusals) <= 5  # backoff 0.5 s doubling with jitter over 4 s (was ~10)
+
+
+@given(st.integers(0, 40), st.floats(0.01, 5), st.floats(5, 120))
+def test_the_link_backs_off_doubling_capped_with_jitter(attempt: int, initial: float,
+                                                        maximum: float) -> None:
+    delay = backoff_delay(attempt, initial, maximum)
+    full = min(maximum, initial * 2 ** attempt)
+    assert full / 2 <= delay <= full <= maximum
+
+
+def test_jitter_spreads_reconnects() -> None:
+    delays = {round(backoff_delay(3, 0.5, 30.0), 6) for _ in range(50)}
+    assert len(delays) > 40  # not all clients at once
+
+
+class _Recorder:
+    """A ModelRegistry that notes, for each entry applied, how far a concurrent task got."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.seen: list[int] = []
+
+    def upsert(self, endpoint: ModelEndpoint) -> None:
+        self.seen.append(self.steps)
+
+    def remove(self, model_id: str, reason: str, *, deployment_id: str | None = None) -> None:
+        self.seen.append(self.steps)
+
+    def model_ids(self) -> set[str]:
+        return set()
+
+    def deployment_of(self, model_id: str) -> str | None:
+        return None
+
+    def listed(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_large_frames_are_applied_in_slices_of_200_entries() -> None:
+    """An update of 1,000 entries is applied 200 at a time, and other tasks (ticks, probes) run
+    between slices."""
+    frame = json.dumps({"event": "update", "data": [
+        {"model_id": f"m{i}", "deployment_id": "d", "state": "RUNNING" if i % 3 else "STOPPED",
+         "ip": "10.0.0.1", "port": 50051, "infos": {}} for i in range(1000)]})
+    recorder = _Recorder()
+
+    async def other_task() -> None:
+        while True:
+            recorder.steps += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(other_task)
+        await anyio.lowlevel.checkpoint()
+        await OrchestratorLink("crunch", "127.0.0.1", 1).handle(frame, recorder)
+        group.cancel_scope.cancel()
+    assert len(recorder.seen) == 1000
+    slices = [len(list(entries)) for _, entries in itertools.groupby(recorder.seen)]
+    assert slices == [200] * 5, slices

@@ -1,5 +1,11 @@
 """The failure policy in isolation: streaks, cooling down, verdicts."""
 
+import math
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
 from model_runner_client.events import ReportCode
 from model_runner_client.policy import Streaks
 
@@ -84,3 +90,66 @@ def test_a_model_slow_once_is_forgiven_when_it_answers_again() -> None:
     assert not streaks.take_skip()
     streaks.success("predict")  # done: answers again
     assert streaks.timeouts == 0 and not streaks.take_skip()
+
+
+# --- any sequence, as a state machine (README: the failure policy) -----------------------
+
+
+class StreakMachine(RuleBasedStateMachine):
+    """Any sequence of successes, failures (of two methods) and timeouts (answered or not):
+    a verdict comes exactly when a streak reaches its limit, with the right code; a success
+    resets what it should; cooling down skips ceil(streak/2) calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streaks = Streaks(max_failures=3, max_timeouts=4)
+        self.failures: dict[str, int] = {}
+        self.timeouts = 0
+        self.unreachable = 0
+        self.disconnected = False
+
+    @rule(method=st.sampled_from(["tick", "predict"]))
+    def success(self, method: str) -> None:
+        if self.disconnected:
+            return
+        self.streaks.success(method)
+        self.failures.pop(method, None)
+        self.timeouts = self.unreachable = 0
+
+    @rule(method=st.sampled_from(["tick", "predict"]))
+    def failure(self, method: str) -> None:
+        if self.disconnected:
+            return
+        verdict = self.streaks.failure(method)
+        self.failures[method] = self.failures.get(method, 0) + 1
+        self.timeouts = self.unreachable = 0
+        expected = "MULTIPLE_FAILED" if self.failures[method] >= 3 else None
+        assert verdict == expected
+        self.disconnected = verdict is not None
+
+    @rule(unreachable=st.booleans())
+    def timeout(self, unreachable: bool) -> None:
+        if self.disconnected:
+            return
+        verdict = self.streaks.timeout(unreachable=unreachable)
+        self.timeouts += 1
+        self.unreachable = self.unreachable + 1 if unreachable else 0
+        if self.timeouts >= 4:
+            # CONNECTION_FAILED only when nothing ever answered in the whole streak.
+            expected = "CONNECTION_FAILED" if self.unreachable >= self.timeouts \
+                else "MULTIPLE_TIMEOUT"
+            assert verdict == expected
+            self.disconnected = True
+        else:
+            assert verdict is None
+            assert self.streaks.skips_left == math.ceil(self.timeouts / 2)
+
+    @invariant()
+    def counts_agree(self) -> None:
+        if not self.disconnected:
+            assert self.streaks.timeouts == self.timeouts
+            assert {k: v for k, v in self.streaks.failures.items() if v} == self.failures
+
+
+TestStreakMachine = StreakMachine.TestCase
+TestStreakMachine.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)

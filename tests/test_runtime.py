@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +41,13 @@ async def health(channel: Channel, service: str = "") -> int:
     return int(response.status)
 
 
-@pytest.fixture
-async def toolbox(toolbox_host: HostProcess) -> AsyncIterator[DynamicSubclassServiceStub]:
-    async with toolbox_host.channel() as channel:
-        stub = DynamicSubclassServiceStub(channel)
-        await stub.rest()
-        await set_up(stub)
-        yield stub
-
-
 async def test_health_answers_while_a_sync_model_computes(
-    toolbox_host: HostProcess, toolbox: DynamicSubclassServiceStub
+    toolbox_host: HostProcess, toolbox: DynamicSubclassServiceStub, tmp_path: Path
 ) -> None:
     async with toolbox_host.channel() as channel:
-        slow = asyncio.ensure_future(call(toolbox, "sleep", 2.0))
-        await asyncio.sleep(0.3)  # time passes: the model is computing
+        mark = tmp_path / "computing"
+        slow = asyncio.ensure_future(call(toolbox, "sleep", 2.0, mark=str(mark)))
+        await until(mark.exists)  # the model is computing
         assert not slow.done()
         worst = 0.0
         for _ in range(10):
@@ -235,14 +227,16 @@ async def test_sigterm_drains_in_flight_calls(tmp_path: Path) -> None:
         host.stop()
 
 
-async def test_grace_period_is_bounded() -> None:
+async def test_grace_period_is_bounded(tmp_path: Path) -> None:
     host = HostProcess(TEST_SUBMISSIONS / "toolbox", "--grace-period", "0.5").start()
     try:
         async with host.channel() as channel:
             stub = DynamicSubclassServiceStub(channel)
             await set_up(stub)
-            stuck = asyncio.ensure_future(call(stub, "sleep", 30.0, timeout=None))
-            await asyncio.sleep(0.3)  # time passes: the call is in flight
+            mark = tmp_path / "in-flight"
+            stuck = asyncio.ensure_future(call(stub, "sleep", 30.0, timeout=None,
+                                               mark=str(mark)))
+            await until(mark.exists)  # the call is in flight
             started = time.monotonic()
             host.signal(signal.SIGINT)
             assert await asyncio.to_thread(host.wait, 10) == 0
@@ -251,3 +245,19 @@ async def test_grace_period_is_bounded() -> None:
                 await asyncio.wait_for(stuck, 10)  # a hang fails (TimeoutError is not caught)
     finally:
         host.stop()
+
+
+@pytest.mark.anyio
+async def test_methods_run_on_one_thread_per_model(toolbox_host: HostProcess) -> None:
+    async with toolbox_host.channel() as channel:
+        stub = DynamicSubclassServiceStub(channel)
+        await set_up(stub)
+        threads = {tuple(await ok(stub, "thread")) for _ in range(5)}
+        threads |= {tuple(t) for t in await asyncio.gather(*(ok(stub, "thread")
+                                                             for _ in range(5)))}
+        coroutine_thread = tuple(await ok(stub, "async_thread"))
+    assert len(threads) == 1  # always the same thread
+    # `async def` methods too, on a loop of that thread's own: never the host's loop, which a
+    # coroutine that spins once held whole.
+    assert threads == {coroutine_thread}
+    assert coroutine_thread[1] != "MainThread"
