@@ -238,11 +238,6 @@ class LocalOrchestrator:
             except websockets.ConnectionClosed:
                 self._clients.discard(ws)
 
-    async def drop_clients(self) -> None:
-        """Close every client link (they reconnect and get a fresh init)."""
-        for ws in list(self._clients):
-            await ws.close(1012, "orchestrator restarting")
-
     # --- model hosts -----------------------------------------------------------------------------
 
     async def _supervise(self, model: _Model) -> None:

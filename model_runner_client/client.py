@@ -60,7 +60,8 @@ Ts = TypeVarTuple("Ts")
 T = TypeVar("T")
 
 
-async def _guarded(fn: Callable[[Unpack[Ts]], Awaitable[object]], *args: *Ts) -> None:
+async def _run_logging_failures(fn: Callable[[Unpack[Ts]], Awaitable[object]],
+                                *args: *Ts) -> None:
     """Run background work so that a failure is logged, never propagated: the client's task
     group is entered by the coordinator's own task, which an escaping error would cancel."""
     try:
@@ -187,7 +188,7 @@ class ModelRunnerClient:
         if chosen not in TRANSPORTS:
             raise ValueError(f"transport {chosen!r} (argument or MODEL_RUNNER_TRANSPORT): use one "
                              f"of {', '.join(TRANSPORTS)}")
-        self.transport: TransportName = next(t for t in TRANSPORTS if t == chosen)
+        self.transport_name: TransportName = next(t for t in TRANSPORTS if t == chosen)
         self._fanout = Fanout(max_concurrent_calls)
         self.max_receive_message_length = max_receive_message_length
         self._on_failure = on_failure
@@ -205,7 +206,7 @@ class ModelRunnerClient:
         self._mistakes_logged: set[str] = set()
         self._metrics = metrics
         self._registry = Registry(
-            connector=Connector(self.transport, security, max_receive_message_length),
+            connector=Connector(self.transport_name, security, max_receive_message_length),
             checks=Checks(setup_payload=self._setup_payload, setup_timeout=setup_timeout,
                           connect_attempts=connect_attempts,
                           probe_timeout=min(max(timeout, 1.0), 5.0)),
@@ -276,8 +277,8 @@ class ModelRunnerClient:
     async def _run_background(self, started: anyio.Event) -> None:
         async with anyio.create_task_group() as group:
             self._group = group
-            group.start_soon(_guarded, self._dispatch)
-            group.start_soon(_guarded, self._registry.run, self._source)
+            group.start_soon(_run_logging_failures, self._dispatch)
+            group.start_soon(_run_logging_failures, self._registry.run, self._source)
             started.set()
             await anyio.sleep_forever()
 

@@ -29,10 +29,11 @@ HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 
 
 class ModelConnection:
-    def __init__(self, endpoint: ModelEndpoint, transport: TransportName,
+    def __init__(self, endpoint: ModelEndpoint, transport_name: TransportName,
                  security: Security, max_receive_message_length: int) -> None:
         self.endpoint = endpoint
-        self.transport = make_transport(transport, endpoint, security.for_endpoint(endpoint),
+        self.transport = make_transport(transport_name, endpoint,
+                                        security.for_endpoint(endpoint),
                                         max_receive_message_length)
 
     async def setup(self, payload: bytes, timeout: float) -> Outcome:
@@ -84,10 +85,11 @@ class ModelConnection:
 class Connector:
     """Opens a `ModelConnection` to each model the registry holds."""
 
-    transport: TransportName
+    #: Which transport to open: "ngh2" or "grpclib".
+    transport_name: TransportName
     security: Security
     max_receive_message_length: int
 
     def connect(self, endpoint: ModelEndpoint) -> ModelConnection:
-        return ModelConnection(endpoint, self.transport, self.security,
+        return ModelConnection(endpoint, self.transport_name, self.security,
                                self.max_receive_message_length)

@@ -159,13 +159,13 @@ class Registry:
     async def _supervise(self, slot: Slot) -> None:
         """The slot's one supervisor: the first Setup, then each check the policy asks for,
         one at a time, until the slot is gone."""
-        await self._guarded(slot, self._checks.set_up)
+        await self._run_check(slot, self._checks.set_up)
         while (check := await slot.next_check()) is not None:
-            await self._guarded(slot, self._checks.set_up if check is Check.SETUP
+            await self._run_check(slot, self._checks.set_up if check is Check.SETUP
                                 else self._checks.probe)
             slot.checked()
 
-    async def _guarded(self, slot: Slot,
+    async def _run_check(self, slot: Slot,
                        check: Callable[[Slot], Awaitable[Outcome | None]]) -> None:
         """Run a check and act on its outcome. One that raises is a bug of ours: logged with
         its traceback, never the model's fault, and the supervisor goes on (it once left the

@@ -37,10 +37,11 @@ class UntrustedHost(AuthError):
     """The host did not prove it belongs to the model's cruncher: it is never called."""
 
 
-def peer_spki(transport: Any) -> bytes:
+def peer_spki(socket_transport: Any) -> bytes:
     """The public key (DER SubjectPublicKeyInfo) of the TLS certificate the host presented on
     an asyncio transport; raises UntrustedHost when there is none."""
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    ssl_object = (socket_transport.get_extra_info("ssl_object")
+                  if socket_transport is not None else None)
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der:
         raise UntrustedHost("the host presented no TLS certificate")

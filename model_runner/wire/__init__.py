@@ -44,7 +44,8 @@ __all__ = [
     "encode_variant_value",
 ]
 
-#: The largest message existing model hosts accept by default (gRPC's usual default: 4 MiB).
+#: The largest message existing model hosts accept and send by default: 64 MiB, as
+#: crunch-model-runner's --max-*-message-length (gRPC's own default, 4 MiB, is grpcio clients').
 DEFAULT_MAX_MESSAGE_LENGTH = 64 * 1024 * 1024
 
 #: gRPC paths of the DynamicSubclassService (part of the wire contract).

@@ -9,7 +9,7 @@ no other: each transport maps its own library's exceptions at its boundary, and
 `errors.outcome_of_error` turns each into an Outcome:
 
 - the answer's bytes;
-- TimeoutError: the deadline (time.monotonic()) passed;
+- TimeoutError: the deadline (on the monotonic clock) passed;
 - grpclib.exceptions.GRPCError: the host answered a gRPC status other than OK;
 - OSError (ConnectionError, ssl.SSLError, ...): the host could not be reached, or dropped the
   call (reset stream, GOAWAY, lost connection, broken HTTP/2);

@@ -86,7 +86,7 @@ class Call:
     is then time.monotonic_ns(), the clock of every deadline."""
 
     __slots__ = ("arrived", "check_peer", "data", "future", "headers", "length", "limit",
-                 "sender", "trailers", "transport")
+                 "sender", "socket_transport", "trailers")
 
     def __init__(self, limit: int, check_peer: bool = True) -> None:
         self.future: asyncio.Future[Call] = asyncio.get_running_loop().create_future()
@@ -99,8 +99,8 @@ class Call:
         self.arrived = 0
         #: The task sending the request, when sending had to wait (connecting, flow control).
         self.sender: asyncio.Task[None] | None = None
-        #: The asyncio transport it travelled on (for the TLS peer's key).
-        self.transport: Any = None
+        #: The asyncio transport (the socket's) it travelled on, for the TLS peer's key.
+        self.socket_transport: Any = None
 
     def feed(self, data: bytes) -> BaseException | None:
         """Take answer bytes; returns why the call must fail, if they cannot be its answer."""
@@ -176,7 +176,7 @@ def grpc_message(call: Call, security: ConnectionSecurity) -> bytes:
     if call.check_peer and security.check_peer is not None:
         headers = {bytes(k).decode("latin-1"): bytes(v).decode("latin-1")
                    for k, v in call.headers}
-        security.check_peer(headers, peer_spki(call.transport))
+        security.check_peer(headers, peer_spki(call.socket_transport))
     if call.length < 0:
         raise GRPCError(GrpcStatus.UNKNOWN, "the model host answered without a message")
     if len(call.data) < 5 + call.length:

@@ -311,7 +311,7 @@ class GrpclibTransport:
             stream = protocol.connection.create_stream()
             release = await stream.send_request(headers, _processor=processor)
             processor.adopt(call, stream, release)  # no await since it was registered
-            call.transport = protocol.connection._transport
+            call.socket_transport = protocol.connection._transport
             await stream.send_data(message, end_stream=True)
         except asyncio.CancelledError:
             raise

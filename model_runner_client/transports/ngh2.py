@@ -2,9 +2,10 @@
 
 ngh2 is sans-I/O: this module owns the socket (an asyncio Protocol), TLS and ALPN, the gRPC
 message framing, deadlines and cancellation, and the mapping of every HTTP/2 and gRPC failure
-to the exceptions the rest of the client reads (see `transports/__init__.py`). In a fan-out to
-1,000 models here the client spent ~75 µs of CPU per call on this transport, ~410 µs on
-grpclib (pure-Python h2, hpack, hyperframe) and the grpcio client ~145 µs (benchmarks/README.md).
+to the exceptions the rest of the client reads (see `transports/__init__.py`). It is the
+default because a fan-out costs the client several times less CPU per call on it than on
+grpclib (pure-Python h2, hpack, hyperframe) or the grpcio client: benchmarks/README.md has the
+figures, measured by `python -m benchmarks.fanout`.
 
 One connection per model, opened on the first call and again after it is lost or the host sent
 GOAWAY; a connection the host sent GOAWAY on finishes the calls it took, then is closed (aborted
@@ -155,7 +156,7 @@ class _Connection(asyncio.Protocol):
         self.h2.send_data(stream_id, message, end_stream=True)
         self.calls[stream_id] = call
         self.budget.opened()
-        call.connection, call.stream_id, call.transport = self, stream_id, self.transport
+        call.connection, call.stream_id, call.socket_transport = self, stream_id, self.transport
         self.flush()
 
     def cancel(self, stream_id: int) -> None:
