@@ -162,11 +162,11 @@ class Registry:
         await self._run_check(slot, self._checks.set_up)
         while (check := await slot.next_check()) is not None:
             await self._run_check(slot, self._checks.set_up if check is Check.SETUP
-                                else self._checks.probe)
+                                  else self._checks.probe)
             slot.checked()
 
     async def _run_check(self, slot: Slot,
-                       check: Callable[[Slot], Awaitable[Outcome | None]]) -> None:
+                         check: Callable[[Slot], Awaitable[Outcome | None]]) -> None:
         """Run a check and act on its outcome. One that raises is a bug of ours: logged with
         its traceback, never the model's fault, and the supervisor goes on (it once left the
         model CHECKING for good)."""

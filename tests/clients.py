@@ -19,7 +19,7 @@ from model_runner_client import ModelEndpoint, ModelRunnerClient
 from tests.hosts import BASE, EXAMPLES, ROOT, HostProcess
 
 __all__ = ["FAST_SERVER", "address_client", "endpoint", "free_port", "hostile", "models_at",
-           "orchestrator_client"]
+           "orchestrator_client", "start_fast_server"]
 
 
 def endpoint(at: HostProcess | int, model_id: str, deployment: str = "d",

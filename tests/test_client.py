@@ -469,8 +469,6 @@ async def test_closing_with_calls_in_flight_blames_no_network(
     assert "network is likely down" not in caplog.text
 
 
-@pytest.mark.anyio
-@pytest.mark.usefixtures("transport")
 async def test_at_most_64_models_are_set_up_at_once() -> None:
     """200 models on a host that holds each Setup 0.3 s: they all get set up, never more than
     64 Setups at once (the host counts them across its connections), and not one by one; on

@@ -247,7 +247,6 @@ async def test_grace_period_is_bounded(tmp_path: Path) -> None:
         host.stop()
 
 
-@pytest.mark.anyio
 async def test_methods_run_on_one_thread_per_model(toolbox_host: HostProcess) -> None:
     async with toolbox_host.channel() as channel:
         stub = DynamicSubclassServiceStub(channel)

@@ -280,7 +280,6 @@ async def test_per_name_state_is_bounded_and_failures_are_logged_once(
         sys.path.remove(str(EXAMPLES))
 
 
-@pytest.mark.anyio
 async def test_requests_hold_at_most_1024_arguments_and_256_character_keywords(
         toolbox_host: HostProcess) -> None:
     """README "Requests": 1,024 positional and 1,024 keyword arguments are taken, one more is
