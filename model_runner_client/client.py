@@ -262,9 +262,7 @@ class ModelRunnerClient:
                 await asyncio.wait([self._runner])  # finishes once its group is cancelled
         finally:
             self._registry.close()
-            self._registry.reports.close()
             self._events.close()
-            self._models.notify()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -62,10 +62,13 @@ class Registry:
             await anyio.sleep_forever()
 
     def close(self) -> None:
-        """Discard every model (their supervisors end) and take no more."""
+        """Discard every model (their supervisors end), take no more, close the reports and wake
+        whoever waits on the model set so it sees the end."""
         self._closed = True
         for slot in list(self.models.slots.values()):
             self.models.discard(slot)
+        self.reports.close()
+        self.models.notify()
 
     # --- what sources drive (sources.ModelRegistry) ----------------------------------------------
 
