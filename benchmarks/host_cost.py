@@ -1,6 +1,7 @@
 """What one call costs a model host, measured from outside by h2load (nghttp2's C HTTP/2 load
 generator, so the figure is the host's and not a Python driver's), one call at a time over one
-connection: our host; grpclib alone, answering raw bytes (the floor under any grpclib host);
+connection: our host (on uvloop at 127.0.0.1, and as docker/Dockerfile runs it: asyncio,
+`[::]`); grpclib alone, answering raw bytes (the floor under any grpclib host);
 grpclib with betterproto2, as a generated service; libnghttp2 (ngh2) alone, answering raw bytes
 (what a host's HTTP/2 would cost on nghttp2); and, with --old-host-python,
 crunch-model-runner 0.4.2, the deployed host (grpcio). Rounds are interleaved.
@@ -54,6 +55,7 @@ BASE_CLASS = "starter_challenge.tracker.TrackerBase"
 FLOOR = "grpclib alone, raw bytes (the floor)"
 NGH2_FLOOR = "libnghttp2 (ngh2) alone, raw bytes"
 OLD = "crunch-model-runner 0.4.2"
+IMAGED = "our host, def, as its image runs it (asyncio, [::])"
 
 
 @dataclass
@@ -73,16 +75,21 @@ class Target:
 
 def targets(old_host_python: str | None, baseline_root: Path | None,
             async_method: bool) -> list[Target]:
-    def our_host() -> list[str]:
+    def our_host(address: str = "127.0.0.1:{port}") -> list[str]:
         return [sys.executable, "-m", "model_runner", "--code-directory", str(NOOP),
-                "--address", "127.0.0.1:{port}", "--log-level", "WARNING"]
+                "--address", address, "--log-level", "WARNING"]
+
+    def as_imaged(path: list[Path]) -> dict[str, str]:
+        # docker/Dockerfile installs no uvloop and serves the deployed default `[::]`.
+        return {**host_environment(path), "MODEL_RUNNER_UVLOOP": "0"}
 
     bare = [sys.executable, str(BENCH / "bare_server.py"), "{port}", "--uvloop"]
     chosen = [Target(FLOOR, [*bare, "--raw"], host_environment([EXAMPLES, ROOT])),
               Target("grpclib + betterproto2", bare, host_environment([EXAMPLES, ROOT])),
               Target(NGH2_FLOOR, [sys.executable, str(BENCH / "ngh2_floor_server.py"), "{port}"],
                      host_environment([EXAMPLES, ROOT]), cwd=ROOT),
-              Target("our host, def", our_host(), host_environment([EXAMPLES]), cwd=ROOT)]
+              Target("our host, def", our_host(), host_environment([EXAMPLES]), cwd=ROOT),
+              Target(IMAGED, our_host("[::]:{port}"), as_imaged([EXAMPLES]), cwd=ROOT)]
     if async_method:
         chosen.append(Target("our host, async def", our_host(), host_environment([EXAMPLES]),
                              cwd=ROOT, method="apredict"))
@@ -91,6 +98,8 @@ def targets(old_host_python: str | None, baseline_root: Path | None,
         env = host_environment([baseline_root, EXAMPLES])
         chosen.append(Target(f"our host at {baseline_root}, def", our_host(), env,
                              cwd=baseline_root))
+        chosen.append(Target(f"{IMAGED} at {baseline_root}", our_host("[::]:{port}"),
+                             as_imaged([baseline_root, EXAMPLES]), cwd=baseline_root))
         if async_method:
             chosen.append(Target(f"our host at {baseline_root}, async def",
                                  our_host(), env, cwd=baseline_root, method="apredict"))

@@ -5,6 +5,7 @@ the certificates directory its images carry. Real host subprocesses, reached ove
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
@@ -22,10 +23,20 @@ from grpclib.health.v1.health_pb2 import HealthCheckResponse
 from model_runner.security import client_tls_context
 from model_runner.wire import DynamicSubclassServiceStub, StatusCode
 from model_runner.wire.auth import spki
-from model_runner_client import FailureReport, ModelEndpoint, ModelRunnerClient
+from model_runner_client import CallStatus, FailureReport, ModelEndpoint, ModelRunnerClient
 from model_runner_client.security.credentials import SecureCredentials
 from tests.deployment import CRUNCHER, HOTKEY, MODEL, Deployment, key_hash, wallet_address
-from tests.hosts import BASE, SUBMISSIONS, HostProcess, health, host_env, set_up
+from tests.hosts import (
+    BASE,
+    HOST_LOOPS,
+    SUBMISSIONS,
+    HostProcess,
+    health,
+    host_env,
+    loop_env,
+    set_up,
+    until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -74,6 +85,35 @@ async def test_explicit_addresses_stay_as_given(address: str, reached: str, not_
         assert f"over {families} on" in host.log
         assert await health(reached, host.port) == HealthCheckResponse.SERVING
         assert await refused(not_reached, host.port)
+    finally:
+        host.stop()
+
+
+@pytest.mark.parametrize("address", ["[::]:0", "0.0.0.0:0"])
+@pytest.mark.parametrize("loop", HOST_LOOPS)
+async def test_sequential_calls_wait_for_no_delayed_ack(address: str, loop: str) -> None:
+    """A tournament calls each model once per sample, one sample after another. The host's
+    answer is three HTTP/2 frames written one by one; with Nagle's algorithm on, the last waits
+    for the client's delayed ACK (40 ms on Linux) whenever the first two are unacknowledged,
+    and that was every answer of an asyncio host on `[::]` (asyncio enables TCP_NODELAY only on
+    sockets whose protocol number is TCP, and the dual-stack socket's was 0). The image runs
+    asyncio: it does not install uvloop."""
+    env = {**loop_env(loop), "LOG_LEVEL": "INFO"}
+    host = HostProcess(GOOD, "--address", address, env=env, host=None).start()
+    try:
+        await until(lambda: f"event loop: {loop}" in host.log)
+        client = ModelRunnerClient.from_addresses(
+            [ModelEndpoint("m", "127.0.0.1", host.port, "d1")], base_classname=BASE, timeout=5)
+        async with client:
+            await client.wait_for_models(1, timeout=20)
+            latencies = []
+            for _ in range(30):
+                started = time.monotonic()
+                [result] = await client.call("predict", "BTC", 2)
+                latencies.append(time.monotonic() - started)
+                assert result.status is CallStatus.SUCCESS, result.detail
+        # A tick here takes 1-3 ms; one that waited for a delayed ACK takes 40 ms or more.
+        assert statistics.median(latencies) < 0.02, latencies
     finally:
         host.stop()
 
