@@ -380,12 +380,12 @@ async def test_close_leaves_no_task_or_socket(good_host: HostProcess,
     await client.start()
     await client.wait_for_models(2, timeout=20)
     mark = tmp_path / "in-flight"
-    in_flight = asyncio.ensure_future(client.call("sleep", 3.0, kwargs={"mark": str(mark)},
+    in_flight = asyncio.ensure_future(client.call("sleep", 1.5, kwargs={"mark": str(mark)},
                                                   models=["tool"]))
     await until(mark.exists)  # the call is under way on the host
     started = time.monotonic()
     await client.close()
-    assert time.monotonic() - started < 2.0  # promptly: the call in flight sleeps 3 s
+    assert time.monotonic() - started < 1.0  # promptly: the call in flight sleeps 1.5 s
     # The call in flight ends promptly too, with a clean status.
     results = await asyncio.wait_for(in_flight, 1.0)
     assert results["tool"].status is CallStatus.TIMEOUT
@@ -461,13 +461,13 @@ async def test_closing_with_calls_in_flight_blames_no_network(
     await client.start()
     await client.wait_for_models(2, timeout=20)
     mark = tmp_path / "in-flight"
-    in_flight = asyncio.ensure_future(client.call("sleep", 3.0, kwargs={"mark": str(mark)}))
+    in_flight = asyncio.ensure_future(client.call("sleep", 1.5, kwargs={"mark": str(mark)}))
     await until(mark.exists)  # under way: one runs on the host, the other waits its turn
     await client.close()
     results = await asyncio.wait_for(in_flight, 2.0)
     assert [r.status for r in results] == [CallStatus.TIMEOUT, CallStatus.TIMEOUT]
     assert "network is likely down" not in caplog.text
-    # The 3 s sleep runs on: leave the shared host idle, or the next test (this one on the other
+    # The 1.5 s sleep runs on: leave the shared host idle, or the next test (this one on the other
     # transport) finds every call answered busy and never sees its mark.
     async with toolbox_host.channel() as channel:
         await runs_again(DynamicSubclassServiceStub(channel))

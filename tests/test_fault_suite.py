@@ -1,4 +1,5 @@
-"""End to end through the local orchestrator: 100 models, a third of them faulty.
+"""End to end through the local orchestrator: 60 models, a third of them faulty (starting the
+hosts is most of the test's time: 16 s for 100 on 2 cores).
 
 Each fault gets the right status and detail, ticks stay bounded by the timeout, the good models
 are unaffected, and the disconnect-and-report rule applies at most once per deployment.
@@ -26,9 +27,10 @@ from tests.hosts import BASE, EXAMPLES, SUBMISSIONS, TEST_SUBMISSIONS, until
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("transport")]
 
 TIMEOUT = 1.0
-FAULTS = {"hang": 4, "sleep": 4, "raise": 4, "unencodable": 4, "oversized": 4, "exit": 4,
-          "close": 4, "sometimes": 5}  # 33 faulty models
-GOOD = 100 - sum(FAULTS.values())
+MODELS = 60
+FAULTS = {"hang": 2, "sleep": 2, "raise": 2, "unencodable": 2, "oversized": 2, "exit": 3,
+          "close": 3, "sometimes": 4}  # 20 faulty models
+GOOD = MODELS - sum(FAULTS.values())
 
 
 def specs() -> list[ModelSpec]:
@@ -42,7 +44,7 @@ def specs() -> list[ModelSpec]:
     return models
 
 
-async def test_a_third_of_100_models_faulty() -> None:
+async def test_a_third_of_the_models_faulty() -> None:
     reports: list[FailureReport] = []
     events: list[ModelEvent] = []
     history: dict[str, list[CallResult]] = defaultdict(list)
@@ -55,7 +57,7 @@ async def test_a_third_of_100_models_faulty() -> None:
                                    max_consecutive_timeouts=3, on_failure=reports.append,
                                    on_event=events.append)
         async with client:
-            await client.wait_for_models(100, timeout=120)
+            await client.wait_for_models(MODELS, timeout=120)
             for tick in range(8):
                 call = asyncio.ensure_future(client.call("predict", "BTC", 2))
                 if tick == 2:

@@ -218,6 +218,7 @@ async def test_the_coordinators_own_network_failure_is_not_blamed(peer: Peer) ->
             host.stop()
 
 
+@pytest.mark.transport_independent  # no model: only the websocket link
 async def test_a_refusal_with_a_reason_is_shown_and_backed_off(
         caplog: pytest.LogCaptureFixture) -> None:
     """A wrong crunch id: the orchestrator says why and closes. The client once reconnected every
