@@ -135,7 +135,7 @@ async def test_a_host_sending_tiny_frames_costs_honest_models_nothing(transport:
     """Issue 22: one host answering in one-byte DATA frames as fast as it can, beside 30 honest
     ones answering in 0.6 s of a 1 s deadline: on grpclib every honest verdict was TIMEOUT on
     every tick (the client spent 13 s of CPU in 10 ticks); on ngh2 none."""
-    await honest_beside_hostile("tiny-frames", hostile_models=1, delay=0.6, ticks=10,
+    await honest_beside_hostile("tiny-frames", hostile_models=1, delay=0.6, ticks=6,
                                 longest_tick=1.0 + 0.5)
 
 
@@ -151,7 +151,7 @@ async def test_a_host_flooding_header_frames_loses_its_connection(transport: str
     reason, and the client spends little CPU on it. Endless `:status 100` HEADERS cost the ngh2
     transport 0.65-0.83 s of CPU per tick (each is an event in Python), before its frame
     budget."""
-    details = await honest_beside_hostile(mode, hostile_models=1, delay=0.6, ticks=4,
+    details = await honest_beside_hostile(mode, hostile_models=1, delay=0.6, ticks=3,
                                           longest_tick=1.0 + 0.5, most_cpu_per_tick=0.25)
     assert any(reason in detail.lower() for detail in details), details
 

@@ -85,7 +85,7 @@ async def test_a_model_removed_during_a_tick_keeps_no_series(toolbox_host: HostP
             mark = tmp_path / "quick-called"
             tick = asyncio.ensure_future(client.call(
                 "sleep", per_model=lambda m: (([0.0], {"mark": str(mark)})
-                                              if m.model_id == "quick" else ([3.0], None))))
+                                              if m.model_id == "quick" else ([1.5], None))))
             await until(mark.exists)  # the quick model is answering
             await until(lambda: quick.service.in_flight == 0)  # its answer is written
             # On loopback the bytes are already at the client, whose protocol (on this loop)

@@ -8,7 +8,7 @@ from tests.hosts import ROOT
 
 def test_soak_smoke() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.soak", "--models", "6", "--duration", "6",
+        [sys.executable, "-m", "benchmarks.soak", "--models", "6", "--duration", "4",
          "--churn-every", "40", "--timeout", "2"],
         capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
