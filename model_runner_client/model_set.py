@@ -7,7 +7,7 @@ A slot's state is one value, written by the registry (registry.py) only:
     READY       called on every tick
     CHECKING    still called; its supervisor is checking it in the background (a health probe
                 after a timeout, or Setup again after the host lost its instance)
-    GONE        discarded (left, replaced, disconnected); its connection is closed
+    GONE        discarded (left, replaced, disconnected); the registry closes its connection
 """
 
 from __future__ import annotations
@@ -94,10 +94,8 @@ class Slot:
             self.state = SlotState.READY
 
     def discard(self) -> None:
+        """Mark the slot gone and end its supervisor; the registry closes its connection."""
         self.state = SlotState.GONE
-        # Closing the connection ends a pending Setup or probe at once (they then see GONE);
-        # no cancel scope reaches into the transport, whose stream resets swallow them.
-        self.connection.close()
         self.wake.set()  # the supervisor ends
 
 
@@ -177,7 +175,7 @@ class ModelSet:
         self.notify()
 
     def discard(self, slot: Slot) -> None:
-        """Close the slot and stop holding it."""
+        """Mark the slot gone and stop holding it."""
         slot.discard()
         if self.slots.get(slot.endpoint.model_id) is slot:
             del self.slots[slot.endpoint.model_id]

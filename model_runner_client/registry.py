@@ -66,7 +66,7 @@ class Registry:
         whoever waits on the model set so it sees the end."""
         self._closed = True
         for slot in list(self.models.slots.values()):
-            self.models.discard(slot)
+            self._discard(slot)
         self.reports.close()
         self.models.notify()
 
@@ -98,7 +98,7 @@ class Registry:
                 current.endpoint = endpoint  # fresher metadata, same deployment
                 return
             previous = current.endpoint if current.callable else current.previous
-            models.discard(current)
+            self._discard(current)
         else:
             previous = models.returning(endpoint.model_id)
             if previous is not None and previous.deployment_id == endpoint.deployment_id:
@@ -214,11 +214,18 @@ class Registry:
         else:
             self.reports.event(ModelEvent(EventKind.JOINED, slot.endpoint))
 
+    def _discard(self, slot: Slot) -> None:
+        """Stop holding a model and close its connection. Gone first: closing ends a pending
+        Setup or probe at once, and it must then see GONE (no cancel scope reaches into the
+        transport, whose stream resets swallow them)."""
+        self.models.discard(slot)
+        slot.connection.close()
+
     def _drop(self, slot: Slot, reason: str, report_code: ReportCode | None = None) -> None:
         if slot.gone:
             return
         was_ready = slot.callable
-        self.models.discard(slot)
+        self._discard(slot)
         self.models.depart(slot.endpoint)
         if report_code is not None:
             self.reports.report(slot.endpoint, report_code, reason)
